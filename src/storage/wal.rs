@@ -1,0 +1,187 @@
+//! The WAL writer: one OS thread for all owners that turns pipeline batches
+//! into durable segment bytes.
+//!
+//! Per batch: one `write`, one `fdatasync` (`--fsync always`), then the
+//! durable watermark moves and the batch's replies go out. A failed write or
+//! sync is never retried on the same file (the "fsyncgate" lesson: after a
+//! failed fsync the kernel may have dropped the dirty pages, and a retry
+//! that succeeds proves nothing). The pipeline is marked failed, every
+//! waiting reply gets 503, and `on_fatal` tells the server to stop; restart
+//! recovers from what is durable.
+
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use super::pipeline::{Pipeline, Waiter};
+use super::segment::{LogDisk, SegmentFile};
+
+/// Pending bytes above which actors wait before appending more: bounds the
+/// memory between the actors and the disk.
+pub const PENDING_BYTES_MAX: usize = 32 << 20;
+
+/// When a batch is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncPolicy {
+    /// `fdatasync` every batch before any reply: survives power loss.
+    Always,
+    /// `write` only: survives a process crash (the page cache survives
+    /// kill -9), not a power cut or kernel crash.
+    Never,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WalConfig {
+    pub fsync: FsyncPolicy,
+    /// Roll to a new segment once the current one is at least this big.
+    pub segment_bytes: u64,
+}
+
+/// Handle to the running writer.
+pub struct Wal<W> {
+    pub pipeline: Arc<Pipeline<W>>,
+    /// Notified each time the writer takes a batch (room for more bytes).
+    pub room: Arc<Notify>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl<W: Waiter + Send + 'static> Wal<W> {
+    /// Start the writer on `disk`. The first segment starts at the
+    /// pipeline's next LSN. `on_fatal` runs once, on the writer thread, if
+    /// the log fails.
+    pub fn start<D: LogDisk>(
+        disk: D,
+        pipeline: Arc<Pipeline<W>>,
+        config: WalConfig,
+        on_fatal: impl FnOnce(&io::Error) + Send + 'static,
+    ) -> io::Result<Self> {
+        let room = Arc::new(Notify::new());
+        let writer = Writer {
+            disk,
+            pipeline: pipeline.clone(),
+            room: room.clone(),
+            config,
+        };
+        let thread = std::thread::Builder::new()
+            .name("countiq-wal".into())
+            .spawn(move || {
+                let result = writer.run();
+                if let Err(e) = &result {
+                    on_fatal(e);
+                }
+                result
+            })?;
+        Ok(Wal {
+            pipeline,
+            room,
+            thread: Some(thread),
+        })
+    }
+
+    /// Wait until the pending buffer has room (backpressure for actors).
+    pub async fn wait_for_room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.pipeline.pending_bytes() < PENDING_BYTES_MAX || self.pipeline.has_failed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stop accepting records, write and sync what is pending, join the
+    /// writer. Returns the writer's result.
+    pub fn shutdown(&mut self) -> io::Result<()> {
+        self.pipeline.close();
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("WAL writer panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<W> Drop for Wal<W> {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            // Dropped without shutdown (tests, errors): do not hang here.
+            drop(t);
+        }
+    }
+}
+
+struct Writer<D, W> {
+    disk: D,
+    pipeline: Arc<Pipeline<W>>,
+    room: Arc<Notify>,
+    config: WalConfig,
+}
+
+impl<D: LogDisk, W: Waiter> Writer<D, W> {
+    fn run(mut self) -> io::Result<()> {
+        let mut segment = match self.disk.create_segment(self.pipeline.next_lsn()) {
+            Ok(s) => s,
+            Err(e) => return Err(self.fail_empty(e)),
+        };
+        let mut spare = Vec::new();
+        while let Some(batch) = self.pipeline.next_batch(spare) {
+            self.room.notify_waiters();
+            if batch.records > 0 {
+                let first_lsn = batch.last_lsn + 1 - batch.records;
+                if let Err(e) = self.persist(&mut segment, &batch.bytes, first_lsn, batch.records) {
+                    self.pipeline.fail(Some(batch));
+                    self.room.notify_waiters();
+                    return Err(e);
+                }
+            }
+            spare = self.pipeline.complete(batch);
+        }
+        // Closing: with `--fsync never` this is the sync that makes a
+        // graceful shutdown durable.
+        segment.sync_data()
+    }
+
+    /// Write one batch (rolling the segment first if it is full) and, with
+    /// `--fsync always`, sync it.
+    fn persist(
+        &mut self,
+        segment: &mut D::File,
+        bytes: &[u8],
+        first_lsn: u64,
+        records: u64,
+    ) -> io::Result<()> {
+        if segment.len() >= self.config.segment_bytes {
+            // The old segment is complete and synced: every batch in it was.
+            // With `--fsync never` sync it now, so that a segment is
+            // complete before the next one exists.
+            if self.config.fsync == FsyncPolicy::Never {
+                segment.sync_data()?;
+            }
+            *segment = self.disk.create_segment(first_lsn)?;
+            metrics::counter!("countiq_wal_segments_created_total").increment(1);
+        }
+        segment.write_all(bytes)?;
+        if self.config.fsync == FsyncPolicy::Always {
+            let started = Instant::now();
+            segment.sync_data()?;
+            metrics::histogram!("countiq_wal_fsync_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        metrics::histogram!("countiq_wal_batch_records").record(records as f64);
+        metrics::counter!("countiq_wal_bytes_written_total").increment(bytes.len() as u64);
+        metrics::counter!("countiq_wal_records_total").increment(records);
+        Ok(())
+    }
+
+    /// The writer could not even start: fail whatever is queued.
+    fn fail_empty(&self, e: io::Error) -> io::Error {
+        self.pipeline.fail(None);
+        e
+    }
+}
