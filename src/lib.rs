@@ -1,10 +1,22 @@
 //! CountIQ: an inventory service modeled as a state machine.
 //!
+//! Every request is a transition `S' = f(S, input)` of one owner's namespace;
+//! a rejected transition leaves the state exactly as it was. Dependencies
+//! point inward: `http → actor → domain`, `actor → storage → domain`.
+//!
 //! # Layout
 //! - `domain`: pure types and rules; `decide` and `evolve`; no tokio, no I/O.
+//! - `actor`: one tokio task per owner, its handle, and the registry.
 //! - `storage`: record codec, WAL segments, commit pipeline, writer, snapshots, recovery.
+//! - `http`: `fn app(state) -> Router`, strict extractors, `ApiError`.
+//! - `auth`: HS256 bearer tokens and the node secret.
 //! - `sync`: std/loom shim for the primitives loom checks.
 
+pub mod actor;
+pub mod auth;
 pub mod domain;
+pub mod http;
+pub mod node;
+pub mod server;
 pub mod storage;
 pub mod sync;

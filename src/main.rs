@@ -1,1 +1,196 @@
-fn main() {}
+//! The `countiq` binary: parse the command line, set up logging, call the
+//! library. No business rules here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use countiq::actor::{ActorConfig, MAILBOX_DEPTH_DEFAULT};
+use countiq::auth::{load_secret, Auth};
+use countiq::domain::OwnerId;
+use countiq::node::NodeConfig;
+use countiq::server::{serve, shutdown_signal, ServeConfig, Stopped};
+use countiq::storage::wal::FsyncPolicy;
+
+#[derive(Parser)]
+#[command(
+    name = "countiq",
+    version,
+    about = "An inventory service modeled as a state machine."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API on the embedded store.
+    Serve(ServeArgs),
+    /// Print a bearer token (HS256 JWT) for an owner.
+    Token(TokenArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the JWT secret comes from (shared by `serve` and `token`).
+#[derive(Args)]
+struct SecretArgs {
+    /// The data directory (the embedded store; git-ignored `./data` by default).
+    #[arg(long, env = "COUNTIQ_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// File holding the JWT secret (default: <data-dir>/jwt.secret, created 0600).
+    #[arg(long, env = "COUNTIQ_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+    /// The JWT secret itself (at least 32 bytes); overrides the file.
+    #[arg(
+        long = "jwt-secret",
+        env = "COUNTIQ_JWT_SECRET",
+        hide_env_values = true,
+        hide = true
+    )]
+    jwt_secret: Option<String>,
+}
+
+impl SecretArgs {
+    fn load(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(load_secret(
+            self.jwt_secret.as_deref(),
+            self.jwt_secret_file.as_deref(),
+            &self.data_dir,
+        )?)
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "COUNTIQ_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    #[command(flatten)]
+    secret: SecretArgs,
+    /// `always`: fdatasync before every reply (survives power loss).
+    /// `never`: write only (survives a process crash, not a power cut).
+    #[arg(long, env = "COUNTIQ_FSYNC", value_enum, default_value = "always")]
+    fsync: FsyncPolicy,
+    /// Per-owner mailbox depth (1-1048576); a full mailbox answers 503.
+    #[arg(long, env = "COUNTIQ_MAILBOX_DEPTH", default_value_t = MAILBOX_DEPTH_DEFAULT as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    mailbox_depth: u32,
+    /// Park an owner's actor after this long idle (0 = never).
+    #[arg(long, env = "COUNTIQ_IDLE_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_after: Duration,
+    /// How long idempotency keys are kept (1s-30d).
+    #[arg(long, env = "COUNTIQ_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_ttl)]
+    idempotency_ttl: Duration,
+    /// Snapshot after this many log records (0 = not by count).
+    #[arg(long, env = "COUNTIQ_SNAPSHOT_EVERY_RECORDS", default_value_t = countiq::node::SNAPSHOT_EVERY_RECORDS_DEFAULT)]
+    snapshot_every_records: u64,
+    /// Snapshot after this long if anything changed (0 = not by time).
+    #[arg(long, env = "COUNTIQ_SNAPSHOT_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    snapshot_interval: Duration,
+    /// Roll to a new WAL segment at this size in bytes (1 MiB-1 GiB).
+    #[arg(long, env = "COUNTIQ_SEGMENT_BYTES", default_value_t = countiq::storage::segment::SEGMENT_BYTES_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 30))]
+    segment_bytes: u64,
+    /// Log format (level via RUST_LOG, default info).
+    #[arg(long, env = "COUNTIQ_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn parse_ttl(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(30 * 24 * 3600) {
+        return Err("must be between 1s and 30d".into());
+    }
+    Ok(d)
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Owner id: 1-64 characters of [A-Za-z0-9._-].
+    #[arg(long)]
+    owner: String,
+    /// How long the token is valid.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    #[command(flatten)]
+    secret: SecretArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => run_serve(args),
+        Command::Token(args) => run_token(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("countiq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_tracing(args.log_format);
+    // An invariant violation anywhere is a bug: stop the process rather than
+    // keep serving from a state nobody can vouch for. Nothing acknowledged
+    // is lost (replies wait for fsync); restart recovers.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
+    let jwt_secret = args.secret.load()?;
+    let mut node = NodeConfig::new(&args.secret.data_dir);
+    node.fsync = args.fsync;
+    node.segment_bytes = args.segment_bytes;
+    node.actor = ActorConfig {
+        mailbox_depth: args.mailbox_depth as usize,
+        idle_after: (!args.idle_after.is_zero()).then_some(args.idle_after),
+        key_ttl: args.idempotency_ttl,
+    };
+    node.snapshot_every_records = args.snapshot_every_records;
+    node.snapshot_interval = (!args.snapshot_interval.is_zero()).then_some(args.snapshot_interval);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data_dir = %args.secret.data_dir.display(), fsync = ?args.fsync, "listening");
+        match serve(ServeConfig { addr, node, jwt_secret }, listener, shutdown_signal()).await? {
+            Stopped::Gracefully => Ok(ExitCode::SUCCESS),
+            Stopped::LogFailed(_) => Ok(ExitCode::from(2)),
+        }
+    })
+}
+
+fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let owner = OwnerId::new(&args.owner).context("--owner")?;
+    let auth = Auth::new(&args.secret.load()?);
+    println!("{}", auth.mint(&owner, args.ttl));
+    Ok(ExitCode::SUCCESS)
+}

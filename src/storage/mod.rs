@@ -8,5 +8,7 @@
 
 pub mod codec;
 pub mod pipeline;
+pub mod recovery;
 pub mod segment;
+pub mod snapshot;
 pub mod wal;

@@ -45,7 +45,7 @@ pub struct Wal<W> {
     pub pipeline: Arc<Pipeline<W>>,
     /// Notified each time the writer takes a batch (room for more bytes).
     pub room: Arc<Notify>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    thread: std::sync::Mutex<Option<JoinHandle<io::Result<()>>>>,
 }
 
 impl<W: Waiter + Send + 'static> Wal<W> {
@@ -77,7 +77,7 @@ impl<W: Waiter + Send + 'static> Wal<W> {
         Ok(Wal {
             pipeline,
             room,
-            thread: Some(thread),
+            thread: std::sync::Mutex::new(Some(thread)),
         })
     }
 
@@ -96,22 +96,14 @@ impl<W: Waiter + Send + 'static> Wal<W> {
 
     /// Stop accepting records, write and sync what is pending, join the
     /// writer. Returns the writer's result.
-    pub fn shutdown(&mut self) -> io::Result<()> {
+    pub fn shutdown(&self) -> io::Result<()> {
         self.pipeline.close();
-        match self.thread.take() {
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        match thread {
             Some(t) => t
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("WAL writer panicked"))),
             None => Ok(()),
-        }
-    }
-}
-
-impl<W> Drop for Wal<W> {
-    fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            // Dropped without shutdown (tests, errors): do not hang here.
-            drop(t);
         }
     }
 }

@@ -1,0 +1,191 @@
+//! The owner registry: owner id → running actor or parked state.
+//!
+//! - Activation: the first request for an owner spawns its actor inside the
+//!   DashMap entry's lock, so when many first requests race, exactly one
+//!   actor starts and every racer gets its handle.
+//! - Passivation: an idle actor parks its state back into its slot (see
+//!   `OwnerActor::try_park`); the next request starts a new actor from it.
+//!   Parked owners cost their state and one map entry, not a task and a
+//!   mailbox.
+//! - Calls: `try_send` into the bounded mailbox. Full → `Overloaded` at once
+//!   (the transport answers 503 with Retry-After). Closed (the actor parked
+//!   between lookup and send) → the message comes back in the error and is
+//!   sent again to the next actor: never lost.
+
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{spawn, Answer, CallError, Msg, OwnerCopy, OwnerHandle, Request, Shared};
+use crate::domain::{OwnerId, OwnerState};
+
+/// Re-resolutions after `Closed` before giving up. One is always enough
+/// (a parked slot stays parked until someone activates it); the bound only
+/// turns a bug into an error instead of a spin.
+const CLOSED_RETRIES_MAX: usize = 4;
+
+pub(crate) struct Parked {
+    pub state: OwnerState,
+    pub last_lsn: u64,
+}
+
+pub(crate) enum Slot {
+    Active(OwnerHandle),
+    Parked(Parked),
+}
+
+pub(crate) struct Inner {
+    pub slots: DashMap<OwnerId, Slot>,
+    shared: Arc<Shared>,
+}
+
+/// Cloneable entry point to every owner.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl Registry {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Registry {
+            inner: Arc::new(Inner {
+                slots: DashMap::new(),
+                shared,
+            }),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Install recovered owners as parked (activated on first use).
+    pub fn load(&self, owner: OwnerId, state: OwnerState, last_lsn: u64) {
+        let previous = self
+            .inner
+            .slots
+            .insert(owner, Slot::Parked(Parked { state, last_lsn }));
+        assert!(previous.is_none(), "an owner is loaded once");
+    }
+
+    /// The running actor of `owner`, started if needed.
+    fn handle(&self, owner: &OwnerId) -> OwnerHandle {
+        if let Some(slot) = self.inner.slots.get(owner) {
+            if let Slot::Active(h) = &*slot {
+                return h.clone();
+            }
+        }
+        let start = |state, last_lsn| {
+            metrics::counter!("countiq_actor_activations_total").increment(1);
+            spawn(
+                owner.clone(),
+                state,
+                last_lsn,
+                self.inner.shared.clone(),
+                Arc::downgrade(&self.inner),
+            )
+        };
+        match self.inner.slots.entry(owner.clone()) {
+            Entry::Occupied(mut e) => match e.get_mut() {
+                Slot::Active(h) => h.clone(),
+                slot @ Slot::Parked(_) => {
+                    let Slot::Parked(parked) = std::mem::replace(slot, Slot::Parked(placeholder()))
+                    else {
+                        unreachable!()
+                    };
+                    let h = start(parked.state, parked.last_lsn);
+                    *slot = Slot::Active(h.clone());
+                    h
+                }
+            },
+            Entry::Vacant(e) => {
+                let h = start(OwnerState::default(), 0);
+                e.insert(Slot::Active(h.clone()));
+                h
+            }
+        }
+    }
+
+    /// Ask `owner`'s actor and wait for the answer (which the pipeline
+    /// releases only once the state it reports is durable).
+    pub async fn call(&self, owner: &OwnerId, req: Request) -> Result<Answer, CallError> {
+        let (tx, rx) = oneshot::channel();
+        let mut msg = Msg::Call { req, tx };
+        for _ in 0..CLOSED_RETRIES_MAX {
+            match self.handle(owner).tx.try_send(msg) {
+                Ok(()) => return rx.await.unwrap_or(Err(CallError::Unavailable)),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(CallError::Overloaded),
+                Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
+            }
+        }
+        Err(CallError::Unavailable)
+    }
+
+    /// Copy every owner's persistent state (for a snapshot). Active owners
+    /// copy their own state between two messages; parked ones are copied
+    /// here. No map guard is held across an await.
+    pub async fn copy_all(&self) -> Vec<OwnerCopy> {
+        let mut copies = Vec::new();
+        let mut active = Vec::new();
+        for slot in self.inner.slots.iter() {
+            match slot.value() {
+                Slot::Active(h) => active.push((slot.key().clone(), h.clone())),
+                Slot::Parked(p) => copies.push(copy_parked(slot.key(), p)),
+            }
+        }
+        for (owner, handle) in active {
+            copies.push(self.copy_active(owner, handle).await);
+        }
+        copies
+    }
+
+    async fn copy_active(&self, owner: OwnerId, mut handle: OwnerHandle) -> OwnerCopy {
+        loop {
+            let (tx, rx) = oneshot::channel();
+            // `send` (not `try_send`): a snapshot may wait for a busy mailbox.
+            if handle.tx.send(Msg::Copy { tx }).await.is_ok() {
+                if let Ok(copy) = rx.await {
+                    return copy;
+                }
+            }
+            // The actor parked meanwhile: copy the parked state, or follow
+            // the actor that replaced it.
+            match self.inner.slots.get(&owner).as_deref() {
+                Some(Slot::Parked(p)) => return copy_parked(&owner, p),
+                Some(Slot::Active(h)) => handle = h.clone(),
+                None => unreachable!("slots are never removed"),
+            }
+        }
+    }
+
+    /// Owners known (active + parked) and how many are active.
+    pub fn counts(&self) -> (usize, usize) {
+        let active = self
+            .inner
+            .slots
+            .iter()
+            .filter(|s| matches!(s.value(), Slot::Active(_)))
+            .count();
+        (self.inner.slots.len(), active)
+    }
+}
+
+fn copy_parked(owner: &OwnerId, p: &Parked) -> OwnerCopy {
+    let (items, keys) = p.state.snapshot_view();
+    OwnerCopy {
+        owner: owner.clone(),
+        last_lsn: p.last_lsn,
+        items,
+        keys,
+    }
+}
+
+/// Stand-in while a parked state is moved out of its slot under the lock.
+fn placeholder() -> Parked {
+    Parked {
+        state: OwnerState::default(),
+        last_lsn: 0,
+    }
+}

@@ -1,0 +1,171 @@
+//! `ApiError`: the one place where outcomes become error responses.
+//!
+//! Every error is an RFC 9457 problem document (`application/problem+json`)
+//! with a stable snake_case `error` code. Internal errors become an opaque
+//! 500; nothing here logs (errors are logged by the trace layer).
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::actor::CallError;
+use crate::domain::Rejection;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+/// Retry-After for 503s: the mailbox drains in well under a second.
+const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400 `invalid_body`: malformed JSON, wrong shape or out-of-range value.
+    InvalidBody(String),
+    /// 400 `invalid_limit` / `invalid_cursor` / `invalid_idempotency_key` / `invalid_if_match`.
+    BadParameter {
+        code: &'static str,
+        detail: String,
+    },
+    Unauthorized,
+    /// 404 (unknown route, or an item that does not exist for this owner).
+    NotFound,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    RequestTimeout,
+    Rejected(Rejection),
+    KeyReused,
+    KeysExhausted {
+        retry_after: Duration,
+    },
+    Overloaded,
+    NotReady,
+    /// The log failed; the outcome of this request is unknown.
+    Unavailable,
+    Internal,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    error: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    op_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_version: Option<u64>,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        use ApiError::*;
+        match self {
+            InvalidBody(d) => (StatusCode::BAD_REQUEST, "invalid_body", d.clone()),
+            BadParameter { code, detail } => (StatusCode::BAD_REQUEST, code, detail.clone()),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required".into()),
+            NotFound => (StatusCode::NOT_FOUND, "not_found", "no such resource".into()),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "see the Allow header".into()),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be application/json".into(),
+            ),
+            PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body must be at most {} bytes", super::BODY_BYTES_MAX),
+            ),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long".into()),
+            Rejected(r) => rejection_parts(r),
+            KeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request".into(),
+            ),
+            KeysExhausted { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "idempotency_keys_exhausted",
+                format!(
+                    "this owner holds {} unexpired idempotency keys; retry later or send without a key",
+                    crate::domain::idempotency::KEYS_PER_OWNER_MAX
+                ),
+            ),
+            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the owner's queue is full; retry shortly".into()),
+            NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the node is not ready".into()),
+            Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the node cannot make writes durable; the outcome of this request is unknown".into(),
+            ),
+            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into()),
+        }
+    }
+}
+
+fn rejection_parts(r: &Rejection) -> (StatusCode, &'static str, String) {
+    let detail = r.to_string();
+    match r {
+        Rejection::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", detail),
+        Rejection::NameTaken => (StatusCode::CONFLICT, "name_taken", detail),
+        Rejection::QtyBelowZero { .. } => (StatusCode::BAD_REQUEST, "qty_below_zero", detail),
+        Rejection::QtyOverflow { .. } => (StatusCode::BAD_REQUEST, "qty_overflow", detail),
+        Rejection::VersionMismatch { .. } => {
+            (StatusCode::PRECONDITION_FAILED, "version_mismatch", detail)
+        }
+        Rejection::ItemLimit => (StatusCode::CONFLICT, "item_limit_reached", detail),
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Overloaded => ApiError::Overloaded,
+            CallError::Unavailable => ApiError::Unavailable,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, detail) = self.parts();
+        let (op_index, current_version) = match &self {
+            ApiError::Rejected(
+                Rejection::NotFound { op_index }
+                | Rejection::QtyBelowZero { op_index }
+                | Rejection::QtyOverflow { op_index },
+            ) => (*op_index, None),
+            ApiError::Rejected(Rejection::VersionMismatch { current }) => (None, Some(*current)),
+            _ => (None, None),
+        };
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            error: code,
+            op_index,
+            current_version,
+        };
+        let body = serde_json::to_vec(&problem).expect("a problem document always serializes");
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        let retry_after = match &self {
+            ApiError::Overloaded | ApiError::NotReady | ApiError::Unavailable => {
+                Some(RETRY_AFTER_SECS)
+            }
+            ApiError::KeysExhausted { retry_after } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self == ApiError::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

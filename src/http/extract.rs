@@ -1,0 +1,261 @@
+//! Request parsing: strict JSON bodies, the authenticated owner, `If-Match`,
+//! `Idempotency-Key`. Transport rules only; no business rules.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::{AppState, BODY_BYTES_MAX};
+use crate::domain::idempotency::{Fingerprint, IdemKey};
+use crate::domain::{OwnerId, Precondition};
+
+/// A JSON body parsed strictly: `Content-Type` must be JSON (415), the body
+/// at most `BODY_BYTES_MAX` (413), and the shape exact (400 `invalid_body`):
+/// the body types deny unknown fields, serde refuses duplicate fields, and
+/// integer fields refuse `true`, `1.0`, `1e3`, `"1"`, `null` and anything
+/// outside `i64`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        if !is_json(&parts.headers) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let bytes = read_limited(body).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::InvalidBody(e.to_string()))
+    }
+}
+
+async fn read_limited(body: Body) -> Result<bytes::Bytes, ApiError> {
+    match Limited::new(body, BODY_BYTES_MAX).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge),
+        Err(_) => Err(ApiError::InvalidBody("the body could not be read".into())),
+    }
+}
+
+/// `application/json`, `application/<x>+json`, with any parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The owner named by a valid bearer token. Checks readiness first: a node
+/// that has not finished recovery (or whose log failed) answers 503.
+pub struct Owner(pub OwnerId);
+
+impl FromRequestParts<AppState> for Owner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !state.is_ready() {
+            return Err(ApiError::NotReady);
+        }
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let owner = state
+            .auth()
+            .verify_header(value)
+            .map_err(|_| ApiError::Unauthorized)?;
+        tracing::Span::current().record("owner", owner.as_str());
+        Ok(Owner(owner))
+    }
+}
+
+/// An item id from the path. Anything that is not a UUID names no item: 404.
+pub fn item_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(raw).map_err(|_| ApiError::NotFound)
+}
+
+/// `If-Match`: absent → `None`; `*` → any version; otherwise the strong
+/// entity tags `"<version>"` listed. Weak or unparseable tags never match
+/// (If-Match uses strong comparison), so a stale or foreign tag gives 412.
+pub fn if_match(headers: &HeaderMap) -> Option<Precondition> {
+    let values: Vec<&str> = headers
+        .get_all(header::IF_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if headers.get(header::IF_MATCH).is_none() {
+        return None;
+    }
+    let tags: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if tags.contains(&"*") {
+        return Some(Precondition::Any);
+    }
+    let versions = tags
+        .iter()
+        .filter_map(|t| t.strip_prefix('"')?.strip_suffix('"')?.parse::<u64>().ok())
+        .collect();
+    Some(Precondition::OneOf(versions))
+}
+
+/// `Idempotency-Key` with the request fingerprint, or `None` without a key.
+/// The fingerprint is SHA-256 over method, route, item id and the canonical
+/// body: the parsed body serialized again, so whitespace, key order and
+/// number spelling of the raw bytes do not matter.
+pub fn idempotency<B: Serialize>(
+    headers: &HeaderMap,
+    method: &str,
+    route: &str,
+    id: Option<Uuid>,
+    body: Option<&B>,
+) -> Result<Option<(IdemKey, Fingerprint)>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || ApiError::BadParameter {
+        code: "invalid_idempotency_key",
+        detail: "Idempotency-Key must be one value of 1-255 visible ASCII characters".into(),
+    };
+    if values.next().is_some() {
+        return Err(bad());
+    }
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(IdemKey::parse)
+        .ok_or_else(bad)?;
+    let mut h = Sha256::new();
+    for part in [
+        method.as_bytes(),
+        route.as_bytes(),
+        id.map(|i| *i.as_bytes()).unwrap_or_default().as_slice(),
+    ] {
+        h.update((part.len() as u32).to_le_bytes());
+        h.update(part);
+    }
+    if let Some(body) = body {
+        h.update(serde_json::to_vec(body).expect("a parsed body serializes"));
+    }
+    Ok(Some((key, h.finalize().into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(is_json(&headers(&[("content-type", "application/json")])));
+        assert!(is_json(&headers(&[(
+            "content-type",
+            "Application/JSON; charset=utf-8"
+        )])));
+        assert!(is_json(&headers(&[(
+            "content-type",
+            "application/merge-patch+json"
+        )])));
+        assert!(!is_json(&headers(&[("content-type", "text/plain")])));
+        assert!(!is_json(&headers(&[("content-type", "application/jsonx")])));
+        assert!(!is_json(&headers(&[])));
+    }
+
+    #[test]
+    fn if_match_forms() {
+        assert_eq!(if_match(&headers(&[])), None);
+        assert_eq!(
+            if_match(&headers(&[("if-match", "*")])),
+            Some(Precondition::Any)
+        );
+        assert_eq!(
+            if_match(&headers(&[("if-match", "\"3\"")])),
+            Some(Precondition::OneOf(vec![3]))
+        );
+        assert_eq!(
+            if_match(&headers(&[
+                ("if-match", "\"3\", W/\"4\""),
+                ("if-match", "\"5\"")
+            ])),
+            Some(Precondition::OneOf(vec![3, 5]))
+        );
+        assert_eq!(
+            if_match(&headers(&[("if-match", "3")])),
+            Some(Precondition::OneOf(vec![]))
+        );
+    }
+
+    #[test]
+    fn fingerprints_separate_method_route_id_and_body() {
+        let h = headers(&[("idempotency-key", "k")]);
+        let id = Some(Uuid::from_u128(1));
+        let fp = |m, r, id, b: &serde_json::Value| {
+            idempotency(&h, m, r, id, Some(b)).unwrap().unwrap().1
+        };
+        let body = serde_json::json!({"delta": 1});
+        let base = fp("PATCH", "/items/{id}/qty", id, &body);
+        assert_eq!(base, fp("PATCH", "/items/{id}/qty", id, &body));
+        assert_ne!(base, fp("PUT", "/items/{id}/qty", id, &body));
+        assert_ne!(base, fp("PATCH", "/items/{id}", id, &body));
+        assert_ne!(
+            base,
+            fp("PATCH", "/items/{id}/qty", Some(Uuid::from_u128(2)), &body)
+        );
+        assert_ne!(
+            base,
+            fp(
+                "PATCH",
+                "/items/{id}/qty",
+                id,
+                &serde_json::json!({"delta": 2})
+            )
+        );
+        let none = headers(&[]);
+        assert_eq!(
+            idempotency(&none, "PATCH", "/x", None, Some(&body)).unwrap(),
+            None
+        );
+        let two = headers(&[("idempotency-key", "a"), ("idempotency-key", "b")]);
+        assert!(idempotency(&two, "PATCH", "/x", None, Some(&body)).is_err());
+        let bad = headers(&[("idempotency-key", "a b")]);
+        assert!(idempotency(&bad, "PATCH", "/x", None, Some(&body)).is_err());
+    }
+}

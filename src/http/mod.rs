@@ -1,0 +1,462 @@
+//! Transport: `fn app(state) -> Router`, the handlers, and response shapes.
+//!
+//! Handlers authenticate, parse strictly, build a domain `Command`, call the
+//! owner's actor and map the answer to a response. No business rules here.
+
+mod error;
+mod extract;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::Router;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use error::{ApiError, PROBLEM_JSON};
+use extract::{idempotency, if_match, item_id, JsonBody, Owner};
+
+use crate::actor::registry::Registry;
+use crate::actor::{Answer, Request};
+use crate::auth::Auth;
+use crate::domain::{Command, Delta, Item, ItemName, Outcome, Qty, TxOp, TX_OPS_MAX};
+
+/// Largest request body (API.md): 64 KiB.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// Page size bounds for `GET /items`.
+pub const LIST_LIMIT_MAX: usize = 1000;
+pub const LIST_LIMIT_DEFAULT: usize = 100;
+/// Whole-request timeout (408 after it).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    auth: Auth,
+    /// Set once recovery has finished; until then every `/items` route
+    /// answers 503 `not_ready`.
+    registry: OnceLock<Registry>,
+    /// Cleared when the node stops taking writes (log failure, shutdown).
+    accepting: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(auth: Auth) -> Self {
+        AppState {
+            inner: Arc::new(StateInner {
+                auth,
+                registry: OnceLock::new(),
+                accepting: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// Recovery finished: start serving `/items`.
+    pub fn set_ready(&self, registry: Registry) {
+        let _ = self.inner.registry.set(registry);
+    }
+
+    /// Stop serving `/items` (503 `not_ready`): log failure or shutdown.
+    pub fn stop_accepting(&self) {
+        self.inner.accepting.store(false, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        let failed = self
+            .inner
+            .registry
+            .get()
+            .is_none_or(|r| r.shared().wal.pipeline.has_failed());
+        !failed && self.inner.accepting.load(Ordering::Acquire)
+    }
+
+    fn registry(&self) -> Result<&Registry, ApiError> {
+        self.inner.registry.get().ok_or(ApiError::NotReady)
+    }
+
+    pub(crate) fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+}
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/items", get(list_items).post(create_item))
+        .route(
+            "/items/{id}",
+            get(get_item).put(replace_item).delete(delete_item),
+        )
+        .route("/items/{id}/qty", patch(adjust_qty))
+        .route("/transactions", post(transact))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::map_response(problem_for_bare_errors))
+        .with_state(state)
+}
+
+/// Responses produced outside our handlers (axum's 405, a timeout's 408)
+/// have empty or plain bodies. Give them the problem format too, keeping
+/// their headers (`Allow` on 405).
+async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::NOT_FOUND => ApiError::NotFound,
+        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        s if s.is_client_error() => ApiError::InvalidBody("the request could not be parsed".into()),
+        _ => ApiError::Internal,
+    };
+    let (mut parts, _) = response.into_parts();
+    let problem = error.into_response();
+    let (problem_parts, body) = problem.into_parts();
+    for (name, value) in problem_parts.headers.iter() {
+        parts.headers.insert(name, value.clone());
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.status = problem_parts.status;
+    Response::from_parts(parts, body)
+}
+
+// ---- bodies -----------------------------------------------------------------
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    qty: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaceBody {
+    name: String,
+    qty: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct AdjustBody {
+    delta: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct TxBody {
+    ops: Vec<TxOpBody>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct TxOpBody {
+    item: Uuid,
+    delta: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn invalid<E: std::fmt::Display>(field: &str) -> impl FnOnce(E) -> ApiError + '_ {
+    move |e| ApiError::InvalidBody(format!("{field}: {e}"))
+}
+
+// ---- handlers ---------------------------------------------------------------
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}
+
+async fn get_item(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = item_id(&id)?;
+    match s.registry()?.call(&owner, Request::Get(id)).await? {
+        Answer::Found(Some(item)) => Ok(item_response(StatusCode::OK, &item, false)),
+        Answer::Found(None) => Err(ApiError::NotFound),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+async fn list_items(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| bad_param("invalid_query", e.body_text()))?;
+    let limit = match q.limit.as_deref() {
+        None => LIST_LIMIT_DEFAULT,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
+            .ok_or_else(|| {
+                bad_param(
+                    "invalid_limit",
+                    format!("limit must be an integer from 1 to {LIST_LIMIT_MAX}"),
+                )
+            })?,
+    };
+    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    match s
+        .registry()?
+        .call(&owner, Request::List { after, limit })
+        .await?
+    {
+        Answer::Page { items, more } => {
+            let next_cursor = more
+                .then(|| items.last().map(|i| encode_cursor(i.id)))
+                .flatten();
+            let body = serde_json::json!({
+                "items": items.iter().map(ItemJson::from).collect::<Vec<_>>(),
+                "next_cursor": next_cursor,
+            });
+            Ok(axum::Json(body).into_response())
+        }
+        _ => Err(ApiError::Internal),
+    }
+}
+
+async fn create_item(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    let key = idempotency(&headers, "POST", "/items", None, Some(&body))?;
+    let cmd = Command::Create {
+        name: ItemName::new(&body.name).map_err(invalid("name"))?,
+        qty: Qty::new(body.qty).map_err(invalid("qty"))?,
+    };
+    write(&s, &owner, cmd, key).await
+}
+
+async fn replace_item(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ReplaceBody>,
+) -> Result<Response, ApiError> {
+    let id = item_id(&id)?;
+    let key = idempotency(&headers, "PUT", "/items/{id}", Some(id), Some(&body))?;
+    let cmd = Command::Replace {
+        id,
+        name: ItemName::new(&body.name).map_err(invalid("name"))?,
+        qty: Qty::new(body.qty).map_err(invalid("qty"))?,
+        if_match: if_match(&headers),
+    };
+    write(&s, &owner, cmd, key).await
+}
+
+async fn adjust_qty(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<AdjustBody>,
+) -> Result<Response, ApiError> {
+    let id = item_id(&id)?;
+    let key = idempotency(&headers, "PATCH", "/items/{id}/qty", Some(id), Some(&body))?;
+    let cmd = Command::Adjust {
+        id,
+        delta: Delta::new(body.delta).map_err(invalid("delta"))?,
+        if_match: if_match(&headers),
+    };
+    write(&s, &owner, cmd, key).await
+}
+
+async fn delete_item(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    // A malformed id names no item: deleting it is the same no-op as
+    // deleting a missing one (204), but there is nothing to record.
+    let Ok(id) = item_id(&id) else {
+        idempotency::<()>(&headers, "DELETE", "/items/{id}", None, None)?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let key = idempotency::<()>(&headers, "DELETE", "/items/{id}", Some(id), None)?;
+    write(&s, &owner, Command::Delete { id }, key).await
+}
+
+async fn transact(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<TxBody>,
+) -> Result<Response, ApiError> {
+    if !(1..=TX_OPS_MAX).contains(&body.ops.len()) {
+        return Err(ApiError::InvalidBody(format!(
+            "ops must hold 1 to {TX_OPS_MAX} operations, got {}",
+            body.ops.len()
+        )));
+    }
+    let key = idempotency(&headers, "POST", "/transactions", None, Some(&body))?;
+    let ops = body
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let delta = Delta::new(op.delta)
+                .map_err(|e| ApiError::InvalidBody(format!("ops[{i}].delta: {e}")))?;
+            Ok(TxOp {
+                item: op.item,
+                delta,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    write(&s, &owner, Command::Transact { ops }, key).await
+}
+
+/// Send a write to the owner and render its answer.
+async fn write(
+    s: &AppState,
+    owner: &crate::domain::OwnerId,
+    cmd: Command,
+    key: Option<(
+        crate::domain::idempotency::IdemKey,
+        crate::domain::idempotency::Fingerprint,
+    )>,
+) -> Result<Response, ApiError> {
+    match s
+        .registry()?
+        .call(owner, Request::Write { cmd, key })
+        .await?
+    {
+        Answer::Done { result, replayed } => {
+            let mut response = match result {
+                Ok(outcome) => outcome_response(&outcome),
+                Err(rejection) => ApiError::Rejected(rejection).into_response(),
+            };
+            if replayed {
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            Ok(response)
+        }
+        Answer::KeyReused => Err(ApiError::KeyReused),
+        Answer::KeysExhausted { retry_after } => Err(ApiError::KeysExhausted { retry_after }),
+        Answer::Found(_) | Answer::Page { .. } => Err(ApiError::Internal),
+    }
+}
+
+// ---- responses --------------------------------------------------------------
+
+/// An item as JSON (API.md "Item").
+#[derive(Serialize)]
+struct ItemJson<'a> {
+    id: Uuid,
+    name: &'a str,
+    qty: u64,
+    version: u64,
+    created_at: String,
+    updated_at: String,
+}
+
+impl<'a> From<&'a Item> for ItemJson<'a> {
+    fn from(i: &'a Item) -> Self {
+        ItemJson {
+            id: i.id,
+            name: i.name.as_str(),
+            qty: i.qty.get(),
+            version: i.version,
+            created_at: rfc3339(i.created_at),
+            updated_at: rfc3339(i.updated_at),
+        }
+    }
+}
+
+fn rfc3339(micros: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+fn item_response(status: StatusCode, item: &Item, created: bool) -> Response {
+    let body = serde_json::to_vec(&ItemJson::from(item)).expect("an item serializes");
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{}\"", item.version)).expect("digits"),
+    );
+    if created {
+        let location = format!("/items/{}", item.id);
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_str(&location).expect("uuid is ASCII"),
+        );
+    }
+    response
+}
+
+fn outcome_response(outcome: &Outcome) -> Response {
+    match outcome {
+        Outcome::Created(item) => item_response(StatusCode::CREATED, item, true),
+        Outcome::Updated(item) => item_response(StatusCode::OK, item, false),
+        Outcome::Deleted => StatusCode::NO_CONTENT.into_response(),
+        Outcome::Transacted(items) => {
+            let body =
+                serde_json::json!({"items": items.iter().map(ItemJson::from).collect::<Vec<_>>()});
+            axum::Json(body).into_response()
+        }
+    }
+}
+
+fn bad_param(code: &'static str, detail: String) -> ApiError {
+    ApiError::BadParameter { code, detail }
+}
+
+/// Cursors are opaque: base64url of the last id of the previous page.
+fn encode_cursor(id: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+fn decode_cursor(raw: &str) -> Result<Uuid, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()
+        .and_then(|b| Uuid::from_slice(&b).ok())
+        .ok_or_else(|| {
+            bad_param(
+                "invalid_cursor",
+                "cursor is not one this server issued".into(),
+            )
+        })
+}

@@ -1,0 +1,247 @@
+//! A running node without its transport: recovery, the commit pipeline and
+//! WAL writer, the owner registry, and the checkpointer that writes
+//! snapshots. The HTTP server (`server`) and the in-process tests and
+//! benchmarks all start the same `Node`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::actor::registry::Registry;
+use crate::actor::{ActorConfig, Clock, Reply, Shared};
+use crate::storage::pipeline::Pipeline;
+use crate::storage::recovery::recover;
+use crate::storage::segment::{DirDisk, SEGMENT_BYTES_DEFAULT};
+use crate::storage::snapshot::{prune, write_snapshot, OwnerSnapshot, SnapshotInfo};
+use crate::storage::wal::{FsyncPolicy, Wal, WalConfig};
+
+/// Defaults for snapshots: often enough that replay after a crash stays
+/// around a few seconds, rarely enough that copying state is cheap.
+pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 5_000_000;
+pub const SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(600);
+/// How often the checkpointer looks at the log.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub segment_bytes: u64,
+    pub actor: ActorConfig,
+    /// Snapshot after this many records since the last one (0 = never by count).
+    pub snapshot_every_records: u64,
+    /// Snapshot after this long, if anything was written (None = never by time).
+    pub snapshot_interval: Option<Duration>,
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            fsync: FsyncPolicy::Always,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            actor: ActorConfig::default(),
+            snapshot_every_records: SNAPSHOT_EVERY_RECORDS_DEFAULT,
+            snapshot_interval: Some(SNAPSHOT_INTERVAL_DEFAULT),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("recovery failed: {0}")]
+    Recovery(#[from] crate::storage::recovery::Error),
+    #[error("starting the WAL writer: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the log has failed; the node takes no more writes")]
+    LogFailed,
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+pub struct Node {
+    registry: Registry,
+    config: NodeConfig,
+    /// `Some(reason)` once the log has failed.
+    fatal: watch::Receiver<Option<String>>,
+    /// One checkpoint at a time.
+    checkpoint_lock: tokio::sync::Mutex<u64>,
+    checkpointer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held for the node's life: the data dir's exclusive lock.
+    _lock: std::fs::File,
+}
+
+impl Node {
+    /// Recover from `config.data_dir` and start the log writer and the
+    /// checkpointer. Owners are loaded parked and start on first use.
+    pub async fn open(config: NodeConfig, clock: Box<dyn Clock>) -> Result<Arc<Node>, NodeError> {
+        let started = Instant::now();
+        let dir = config.data_dir.clone();
+        let now = clock.now_micros();
+        let recovered = tokio::task::spawn_blocking(move || recover(&dir, now))
+            .await
+            .expect("recovery does not panic")?;
+        let (fatal_tx, fatal) = watch::channel(None);
+        let on_fatal = move |e: &std::io::Error| {
+            tracing::error!(error = %e, "WAL write or fsync failed; the node stops taking writes");
+            let _ = fatal_tx.send(Some(e.to_string()));
+        };
+        let pipeline = Arc::new(Pipeline::new(recovered.next_lsn));
+        let wal_config = WalConfig {
+            fsync: config.fsync,
+            segment_bytes: config.segment_bytes,
+        };
+        let wal = Wal::start(
+            DirDisk::new(&config.data_dir),
+            pipeline,
+            wal_config,
+            on_fatal,
+        )?;
+        let shared = Arc::new(Shared {
+            wal,
+            config: config.actor,
+            clock,
+        });
+        let registry = Registry::new(shared);
+        let owners = recovered.owners.len();
+        for (owner, r) in recovered.owners {
+            registry.load(owner, r.state, r.last_lsn);
+        }
+        metrics::histogram!("countiq_recovery_seconds").record(started.elapsed().as_secs_f64());
+        tracing::info!(owners, next_lsn = recovered.next_lsn, report = ?recovered.report,
+            elapsed_ms = started.elapsed().as_millis() as u64, "recovered");
+        let node = Arc::new(Node {
+            registry,
+            config,
+            fatal,
+            checkpoint_lock: tokio::sync::Mutex::new(recovered.next_lsn),
+            checkpointer: std::sync::Mutex::new(None),
+            _lock: recovered.lock,
+        });
+        let task = tokio::spawn(checkpointer(Arc::downgrade(&node)));
+        *node.checkpointer.lock().expect("not poisoned") = Some(task);
+        Ok(node)
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Resolves with the reason once the log has failed.
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.clone()
+    }
+
+    fn pipeline(&self) -> &Pipeline<Reply> {
+        &self.registry.shared().wal.pipeline
+    }
+
+    /// Wait until `lsn` is durable.
+    async fn durable(&self, lsn: u64) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.pipeline().when_durable(lsn, Reply::barrier(tx));
+        match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(NodeError::LogFailed),
+        }
+    }
+
+    /// Write a snapshot of every owner, then prune old snapshots and the
+    /// segments they make redundant. The snapshot covers every record below
+    /// the LSN that was next when it started; each owner's section also
+    /// records its own last LSN. It is written only once everything it
+    /// contains is durable, so a snapshot never runs ahead of the log.
+    pub async fn checkpoint(&self) -> Result<SnapshotInfo, NodeError> {
+        let mut last_covers = self.checkpoint_lock.lock().await;
+        let started = Instant::now();
+        let covers = self.pipeline().next_lsn();
+        let copies = self.registry.copy_all().await;
+        let newest = copies
+            .iter()
+            .map(|c| c.last_lsn)
+            .max()
+            .unwrap_or(0)
+            .max(covers - 1);
+        self.durable(newest).await?;
+        let owners: Vec<OwnerSnapshot> = copies
+            .into_iter()
+            .map(|c| OwnerSnapshot {
+                owner: c.owner,
+                last_lsn: c.last_lsn,
+                items: c.items,
+                keys: c.keys,
+            })
+            .collect();
+        let dir = self.config.data_dir.clone();
+        let info = tokio::task::spawn_blocking(move || {
+            let info = write_snapshot(&dir, covers, owners)
+                .map_err(|e| NodeError::Snapshot(e.to_string()))?;
+            prune(&dir).map_err(|e| NodeError::Snapshot(e.to_string()))?;
+            Ok::<_, NodeError>(info)
+        })
+        .await
+        .expect("snapshot writing does not panic")?;
+        *last_covers = covers;
+        metrics::histogram!("countiq_snapshot_seconds").record(started.elapsed().as_secs_f64());
+        tracing::info!(
+            covers,
+            ?info,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(info)
+    }
+
+    /// Graceful stop: final snapshot, then drain and close the log. Call
+    /// after the transport has stopped sending requests.
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        if let Some(task) = self.checkpointer.lock().expect("not poisoned").take() {
+            task.abort();
+        }
+        let snapshot = if self.pipeline().has_failed() {
+            Err(NodeError::LogFailed)
+        } else {
+            self.checkpoint().await.map(|_| ())
+        };
+        let shared = self.registry.shared().clone();
+        let closed = tokio::task::spawn_blocking(move || shared.wal.shutdown())
+            .await
+            .expect("join");
+        snapshot?;
+        closed?;
+        Ok(())
+    }
+}
+
+/// Background task: snapshot every N records or T seconds.
+async fn checkpointer(node: std::sync::Weak<Node>) {
+    let mut last_at = Instant::now();
+    loop {
+        tokio::time::sleep(CHECKPOINT_POLL).await;
+        let Some(node) = node.upgrade() else { return };
+        if node.pipeline().has_failed() {
+            return;
+        }
+        let last_covers = *node.checkpoint_lock.lock().await;
+        let pending = node.pipeline().next_lsn().saturating_sub(last_covers);
+        let by_count =
+            node.config.snapshot_every_records > 0 && pending >= node.config.snapshot_every_records;
+        let by_time = node
+            .config
+            .snapshot_interval
+            .is_some_and(|t| last_at.elapsed() >= t)
+            && pending > 0;
+        if by_count || by_time {
+            if let Err(e) = node.checkpoint().await {
+                tracing::error!(error = %e, "snapshot failed");
+            }
+            last_at = Instant::now();
+        }
+    }
+}
