@@ -10,6 +10,9 @@
 //! - `storage`: record codec, WAL segments, commit pipeline, writer, snapshots, recovery.
 //! - `http`: `fn app(state) -> Router`, strict extractors, `ApiError`.
 //! - `auth`: HS256 bearer tokens and the node secret.
+//! - `node`: a running node without transport: recovery, log writer, registry, checkpointer.
+//! - `server`: the accept loop, production layers, graceful shutdown.
+//! - `telemetry`: the Prometheus recorder and request metrics.
 //! - `sync`: std/loom shim for the primitives loom checks.
 
 pub mod actor;
@@ -20,3 +23,4 @@ pub mod node;
 pub mod server;
 pub mod storage;
 pub mod sync;
+pub mod telemetry;

@@ -5,26 +5,46 @@
 //! stop accepting, let in-flight requests finish (bounded), write the final
 //! snapshot, make the log durable, exit 0. A log failure stops the node with
 //! a non-zero exit; restart recovers from what is durable.
+//!
+//! Connections are served by our own accept loop on hyper-util, because
+//! `axum::serve` has no header-read timeout (slowloris) and no connection
+//! bound. Bounds: `CONNECTIONS_MAX` open connections (more are closed on
+//! accept), `HEADER_READ_TIMEOUT` to send a request head, `IN_FLIGHT_MAX`
+//! requests in handlers (more are shed with 503 `overloaded` at once, before
+//! they take memory), `REQUEST_TIMEOUT` per request (408).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderName, Request, StatusCode};
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::actor::SystemClock;
 use crate::auth::Auth;
-use crate::http::{app, AppState, REQUEST_TIMEOUT};
+use crate::http::{app, ApiError, AppState, REQUEST_TIMEOUT};
 use crate::node::{Node, NodeConfig};
+use crate::telemetry;
 
 /// How long graceful shutdown waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections at most; further ones are closed as they are accepted.
+pub const CONNECTIONS_MAX: usize = 4096;
+/// A client has this long to send a complete request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests inside handlers at most; more are answered 503 at once.
+pub const IN_FLIGHT_MAX: usize = 4096;
 
 pub struct ServeConfig {
     pub addr: SocketAddr,
@@ -41,11 +61,10 @@ pub enum Stopped {
     LogFailed(String),
 }
 
-/// The router with the production layers: request id (taken from
-/// `x-request-id` or generated, and echoed), a span per request, a
-/// whole-request timeout.
+/// The router with the per-route production layers: metrics, a span per
+/// request (request id, method, route template, owner), a whole-request
+/// timeout.
 pub fn router(state: AppState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
     app(state)
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(
@@ -60,8 +79,7 @@ pub fn router(state: AppState) -> Router {
                     owner = tracing::field::Empty)
             }),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::from_fn(telemetry::track_requests))
 }
 
 /// Run until `shutdown` resolves (in the binary: SIGTERM or Ctrl-C) or the
@@ -71,16 +89,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Stopped> {
+    telemetry::install();
     let state = AppState::new(Auth::new(&config.jwt_secret));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut stop_http = stop_rx.clone();
-    let http = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
-        let _ = stop_http.wait_for(|stop| *stop).await;
-    });
-    let http = tokio::spawn(async move { http.await });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = tokio::spawn(accept_loop(
+        listener,
+        router(state.clone()),
+        stop_rx.clone(),
+    ));
 
     let node = Node::open(config.node, Box::new(SystemClock)).await?;
     state.set_ready(node.registry().clone());
+    tokio::spawn(telemetry::sample_registry(node.registry().clone(), stop_rx));
     tracing::info!(addr = %config.addr, "ready");
 
     let mut fatal = node.fatal();
@@ -92,24 +112,80 @@ pub async fn serve(
     };
     state.stop_accepting();
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(DRAIN_TIMEOUT, http).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server error while draining"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
-        Err(_) => tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}"),
+    if let Err(e) = http.await {
+        tracing::warn!(error = %e, "HTTP accept loop failed");
     }
     if let Stopped::LogFailed(reason) = &stopped {
         tracing::error!(%reason, "stopping after a log failure");
         return Ok(stopped);
     }
-    shutdown_node(node).await?;
+    node.shutdown().await?;
+    tracing::info!("stopped: final snapshot written, log closed");
     Ok(stopped)
 }
 
-async fn shutdown_node(node: Arc<Node>) -> anyhow::Result<()> {
-    node.shutdown().await?;
-    tracing::info!("stopped: final snapshot written, log closed");
-    Ok(())
+/// Accept connections until `stop`, then drain them (bounded).
+async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
+    let request_id = HeaderName::from_static("x-request-id");
+    let service = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(HandleErrorLayer::new(shed))
+        .load_shed()
+        .concurrency_limit(IN_FLIGHT_MAX)
+        .service(router);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop_requested(&mut stop) => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("countiq_http_connections_refused_total").increment(1);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service.clone()),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The answer for a request shed by the in-flight bound.
+async fn shed(_: tower::BoxError) -> ApiError {
+    metrics::counter!("countiq_http_requests_shed_total").increment(1);
+    ApiError::Overloaded
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

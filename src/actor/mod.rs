@@ -216,7 +216,6 @@ fn spawn(
         registry,
     };
     tokio::spawn(actor.run());
-    metrics::gauge!("countiq_actors_active").increment(1.0);
     OwnerHandle { tx }
 }
 
@@ -241,7 +240,6 @@ impl OwnerActor {
             };
             if received == 0 {
                 // Every handle is gone: the registry was dropped (shutdown).
-                metrics::gauge!("countiq_actors_active").decrement(1.0);
                 return;
             }
             self.shared.wal.wait_for_room().await;

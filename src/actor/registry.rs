@@ -160,16 +160,32 @@ impl Registry {
         }
     }
 
-    /// Owners known (active + parked) and how many are active.
-    pub fn counts(&self) -> (usize, usize) {
-        let active = self
-            .inner
-            .slots
-            .iter()
-            .filter(|s| matches!(s.value(), Slot::Active(_)))
-            .count();
-        (self.inner.slots.len(), active)
+    /// Owners known, active, and the `top` deepest mailboxes (metrics).
+    pub fn stats(&self, top: usize) -> RegistryStats {
+        let mut stats = RegistryStats::default();
+        for slot in self.inner.slots.iter() {
+            stats.owners += 1;
+            if let Slot::Active(h) = slot.value() {
+                stats.active += 1;
+                let depth = h.tx.max_capacity() - h.tx.capacity();
+                if depth > 0 {
+                    stats.top.push((slot.key().clone(), depth));
+                }
+            }
+        }
+        stats.top.sort_by(|a, b| b.1.cmp(&a.1));
+        stats.top.truncate(top);
+        stats
     }
+}
+
+/// A sample of the registry for metrics.
+#[derive(Debug, Default)]
+pub struct RegistryStats {
+    pub owners: usize,
+    pub active: usize,
+    /// Deepest mailboxes first.
+    pub top: Vec<(OwnerId, usize)>,
 }
 
 fn copy_parked(owner: &OwnerId, p: &Parked) -> OwnerCopy {

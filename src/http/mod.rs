@@ -101,6 +101,7 @@ pub fn app(state: AppState) -> Router {
         .route("/transactions", post(transact))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(|| async { crate::telemetry::render() }))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::map_response(problem_for_bare_errors))
         .with_state(state)
