@@ -10,6 +10,7 @@
 //! recovers from what is durable.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -40,9 +41,19 @@ pub struct WalConfig {
     pub segment_bytes: u64,
 }
 
+/// Counters kept by the writer (benchmarks, tests; metrics have their own).
+#[derive(Debug, Default)]
+pub struct WalStats {
+    pub batches: AtomicU64,
+    pub records: AtomicU64,
+    pub syncs: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
 /// Handle to the running writer.
 pub struct Wal<W> {
     pub pipeline: Arc<Pipeline<W>>,
+    pub stats: Arc<WalStats>,
     /// Notified each time the writer takes a batch (room for more bytes).
     pub room: Arc<Notify>,
     thread: std::sync::Mutex<Option<JoinHandle<io::Result<()>>>>,
@@ -59,11 +70,13 @@ impl<W: Waiter + Send + 'static> Wal<W> {
         on_fatal: impl FnOnce(&io::Error) + Send + 'static,
     ) -> io::Result<Self> {
         let room = Arc::new(Notify::new());
+        let stats = Arc::new(WalStats::default());
         let writer = Writer {
             disk,
             pipeline: pipeline.clone(),
             room: room.clone(),
             config,
+            stats: stats.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("countiq-wal".into())
@@ -76,6 +89,7 @@ impl<W: Waiter + Send + 'static> Wal<W> {
             })?;
         Ok(Wal {
             pipeline,
+            stats,
             room,
             thread: std::sync::Mutex::new(Some(thread)),
         })
@@ -113,6 +127,7 @@ struct Writer<D, W> {
     pipeline: Arc<Pipeline<W>>,
     room: Arc<Notify>,
     config: WalConfig,
+    stats: Arc<WalStats>,
 }
 
 impl<D: LogDisk, W: Waiter> Writer<D, W> {
@@ -162,9 +177,13 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
         if self.config.fsync == FsyncPolicy::Always {
             let started = Instant::now();
             segment.sync_data()?;
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             metrics::histogram!("countiq_wal_fsync_seconds")
                 .record(started.elapsed().as_secs_f64());
         }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.records.fetch_add(records, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         metrics::histogram!("countiq_wal_batch_records").record(records as f64);
         metrics::counter!("countiq_wal_bytes_written_total").increment(bytes.len() as u64);
         metrics::counter!("countiq_wal_records_total").increment(records);
