@@ -1,1 +1,3 @@
 pub fn _x() {}
+
+pub mod load;
