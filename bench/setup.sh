@@ -14,6 +14,8 @@ command -v pgbench         >/dev/null || need+=(postgresql-15)   # Debian 12 shi
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null \
   || [[ -x /usr/local/bin/postgres ]] || need+=(postgresql-15)
 command -v curl            >/dev/null || need+=(curl)
+command -v jq              >/dev/null || need+=(jq)
+command -v openssl         >/dev/null || need+=(openssl)
 command -v shellcheck      >/dev/null || need+=(shellcheck)
 
 if ((${#need[@]})); then
