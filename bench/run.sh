@@ -97,12 +97,13 @@ stage_countiq() {
   log "cargo build --release (countiq) in $REPO_DIR"
   (cd "$REPO_DIR" && cargo build --release -q --bin countiq)
   local bin="$CARGO_TARGET_DIR/release/countiq"
-  if ! "$bin" serve --help >/dev/null 2>&1; then
+  # Probe the help text, not the exit code: a stub main() exits 0 for anything.
+  if ! "$bin" serve --help 2>&1 | grep -q -- '--fsync'; then
     log "SKIP CountIQ: $bin has no 'serve' subcommand yet; its rows stay 'pending'"
     countiq_pending "skipped: no serve subcommand"
     return 0
   fi
-  if "$bin" load --help >/dev/null 2>&1; then
+  if "$bin" load --help 2>&1 | grep -q -- '--scenario'; then
     LOAD_CMD=("$bin" load)
   else   # until main.rs wires `countiq load`: the examples/load stand-in
     (cd "$REPO_DIR" && cargo build --release -q --example load)
@@ -159,6 +160,7 @@ CONF
 
 pg_schema() {
   psql -q -d postgres -c "CREATE DATABASE bench" >/dev/null
+  export PGDATABASE=bench
   psql -q -v ON_ERROR_STOP=1 <<SQL
 CREATE TABLE items(
   id uuid PRIMARY KEY,
@@ -186,7 +188,7 @@ pgbench_once() {
   failed="$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' <<<"$out")"
   # per-transaction log: field 3 = latency in µs
   pct="$(cat "$logdir"/tx.* | awk '{print $3}' | sort -n \
-         | awk '{a[NR]=$1} END {printf "%.3f %.3f", a[int(NR*0.50)+1]/1000, a[int(NR*0.99)+1]/1000}')"
+         | awk '{a[NR]=$1} END {if (NR==0) {print "NA NA"} else {printf "%.3f %.3f", a[int(NR*0.50)+1]/1000, a[int(NR*0.99)+1]/1000}}')"
   echo "${tps:-NA} $pct ${failed:-0}"
 }
 
@@ -197,7 +199,6 @@ stage_postgres() {
   pg_start
   log "postgres $("$PG_BIN/postgres" --version | awk '{print $3}') up on 127.0.0.1:$PGPORT"
   pg_schema
-  export PGDATABASE=bench
   printf '%s\n' '\set delta random(-1, 1)' \
     "UPDATE items SET qty = qty + :delta WHERE id = md5('1')::uuid AND qty >= -(:delta::bigint);" \
     >"$WORK/pg/hot.sql"
@@ -261,7 +262,7 @@ CONF
     wait_port "$port"
     redis-cli -h 127.0.0.1 -p "$port" SET item:hot "$START_QTY" >/dev/null
     sha="$(redis-cli -h 127.0.0.1 -p "$port" SCRIPT LOAD "$REDIS_LUA")"
-    log "redis $(redis-server --version | awk '{print $3}') up on 127.0.0.1:$port, appendfsync=$fsync"
+    log "redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') up on 127.0.0.1:$port, appendfsync=$fsync"
     # Calibrate -n so one run lasts about DURATION seconds.
     read -r rps0 _ <<<"$(redis_once "$port" 20000 "$sha")"
     n="$(awk -v r="${rps0:-1000}" -v d="$DURATION" 'BEGIN { n = int(r * d); if (n < 5000) n = 5000; print n }')"
@@ -295,7 +296,8 @@ stage_axum() {
   wait_port "$port"
   url="http://127.0.0.1:$port/items/c4ca4238-a0b9-2382-0dcc-509a6f75849b/qty"
   curl -fsS -X PATCH -H 'Content-Type: application/json' -d '{"delta":-1}' "$url" | grep -q '"ok":true'
-  BENCH_TOKEN="" wrk_series axum-ceiling "$url" "axum ceiling" "stateless, no I/O" n/a
+  # A (never checked) token of the same shape: same request bytes as CountIQ's wrk run.
+  BENCH_TOKEN="$(mint_jwt bench-wrk "$(openssl rand -hex 32)")" wrk_series axum-ceiling "$url" "axum ceiling" "stateless, no I/O" n/a
   stop_pid "$pid"
 }
 
@@ -324,6 +326,8 @@ machine_facts() {
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "nproc: $(nproc); cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); kernel: $(uname -sr)"
+    # Other work on the box (builds, tests) skews every row: say how busy it was.
+    echo "load average (1/5/15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "knobs: DURATION=$DURATION CONNS=$CONNS RUNS=$RUNS STAGES=\"$STAGES\""
   } | tee "$OUT_DIR/machine.txt"
 }
