@@ -83,6 +83,11 @@ impl Client {
         }
     }
 
+    /// The socket address this client dials.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.target.addr
+    }
+
     /// Sends one request and reads the whole reply, within the timeout.
     pub async fn request(
         &mut self,

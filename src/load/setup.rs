@@ -11,7 +11,7 @@ use http::Method;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::client::{Client, Reply};
+use super::client::{Client, Failure, Reply};
 use super::plan::{ItemPlan, Plan};
 use super::target::Target;
 
@@ -93,6 +93,12 @@ async fn create_one(client: &mut Client, plan: &Plan, spec: &ItemSpec) -> Result
             .await
         {
             Ok(reply) => reply,
+            Err(Failure::Connect) => {
+                bail!(
+                    "setup: cannot connect to {} (is the server running?)",
+                    client.addr()
+                )
+            }
             // No reply: the item may exist under this name; try another.
             Err(_) => continue,
         };
