@@ -31,8 +31,15 @@ struct Row {
 }
 
 fn main() {
-    let secs: u64 = std::env::var("COUNTIQ_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let secs: u64 = std::env::var("COUNTIQ_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut rows = Vec::new();
     for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
         for writers in [1, 16, 256] {
@@ -61,14 +68,29 @@ async fn run(fsync: FsyncPolicy, writers: usize, tx_ops: usize, items: usize, se
     config.fsync = fsync;
     config.snapshot_every_records = 0;
     config.snapshot_interval = None;
-    config.actor = ActorConfig { idle_after: None, ..ActorConfig::default() };
-    let node = Node::open(config, Box::new(SystemClock)).await.expect("open");
+    config.actor = ActorConfig {
+        idle_after: None,
+        ..ActorConfig::default()
+    };
+    let node = Node::open(config, Box::new(SystemClock))
+        .await
+        .expect("open");
     let owner = OwnerId::new("hot").unwrap();
     let mut ids = Vec::new();
     for i in 0..items {
-        let cmd = Command::Create { name: ItemName::new(&format!("item{i}")).unwrap(), qty: Qty::new(0).unwrap() };
-        match node.registry().call(&owner, Request::Write { cmd, key: None }).await {
-            Ok(Answer::Done { result: Ok(Outcome::Created(item)), .. }) => ids.push(item.id),
+        let cmd = Command::Create {
+            name: ItemName::new(&format!("item{i}")).unwrap(),
+            qty: Qty::new(0).unwrap(),
+        };
+        match node
+            .registry()
+            .call(&owner, Request::Write { cmd, key: None })
+            .await
+        {
+            Ok(Answer::Done {
+                result: Ok(Outcome::Created(item)),
+                ..
+            }) => ids.push(item.id),
             other => panic!("create failed: {other:?}"),
         }
     }
@@ -77,21 +99,42 @@ async fn run(fsync: FsyncPolicy, writers: usize, tx_ops: usize, items: usize, se
     let measuring = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (node, owner, ids, stop, measuring) = (node.clone(), owner.clone(), ids.clone(), stop.clone(), measuring.clone());
+        let (node, owner, ids, stop, measuring) = (
+            node.clone(),
+            owner.clone(),
+            ids.clone(),
+            stop.clone(),
+            measuring.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).unwrap();
             let mut done = 0u64;
             let one = Delta::new(1).unwrap();
             while !stop.load(Ordering::Relaxed) {
                 let cmd = if tx_ops == 1 {
-                    Command::Adjust { id: ids[w % ids.len()], delta: one, if_match: None }
+                    Command::Adjust {
+                        id: ids[w % ids.len()],
+                        delta: one,
+                        if_match: None,
+                    }
                 } else {
-                    let ops = (0..tx_ops).map(|i| TxOp { item: ids[(w + i) % ids.len()], delta: one }).collect();
+                    let ops = (0..tx_ops)
+                        .map(|i| TxOp {
+                            item: ids[(w + i) % ids.len()],
+                            delta: one,
+                        })
+                        .collect();
                     Command::Transact { ops }
                 };
                 let started = Instant::now();
-                let answer = node.registry().call(&owner, Request::Write { cmd, key: None }).await;
-                assert!(matches!(answer, Ok(Answer::Done { result: Ok(_), .. })), "{answer:?}");
+                let answer = node
+                    .registry()
+                    .call(&owner, Request::Write { cmd, key: None })
+                    .await;
+                assert!(
+                    matches!(answer, Ok(Answer::Done { result: Ok(_), .. })),
+                    "{answer:?}"
+                );
                 if measuring.load(Ordering::Relaxed) {
                     hist.record(started.elapsed().as_micros() as u64).unwrap();
                     done += 1;
@@ -102,13 +145,19 @@ async fn run(fsync: FsyncPolicy, writers: usize, tx_ops: usize, items: usize, se
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // warm-up
     let stats = &node.registry().shared().wal.stats;
-    let (records0, syncs0) = (stats.records.load(Ordering::Relaxed), stats.syncs.load(Ordering::Relaxed));
+    let (records0, syncs0) = (
+        stats.records.load(Ordering::Relaxed),
+        stats.syncs.load(Ordering::Relaxed),
+    );
     let t0 = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(secs)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
-    let (records1, syncs1) = (stats.records.load(Ordering::Relaxed), stats.syncs.load(Ordering::Relaxed));
+    let (records1, syncs1) = (
+        stats.records.load(Ordering::Relaxed),
+        stats.syncs.load(Ordering::Relaxed),
+    );
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     let mut hist = Histogram::<u64>::new(3).unwrap();
@@ -121,13 +170,19 @@ async fn run(fsync: FsyncPolicy, writers: usize, tx_ops: usize, items: usize, se
     let syncs = (syncs1 - syncs0).max(1);
     let label = match (tx_ops, fsync) {
         (1, f) => format!("PATCH, {writers} writers, fsync {f:?}"),
-        (n, f) => format!("transactions of {n} ops over {items} items, {writers} writers, fsync {f:?}"),
+        (n, f) => {
+            format!("transactions of {n} ops over {items} items, {writers} writers, fsync {f:?}")
+        }
     };
     Row {
         label,
         ops_per_s: total as f64 / elapsed,
         deltas_per_s: (total * tx_ops as u64) as f64 / elapsed,
-        records_per_sync: if fsync == FsyncPolicy::Always { (records1 - records0) as f64 / syncs as f64 } else { f64::NAN },
+        records_per_sync: if fsync == FsyncPolicy::Always {
+            (records1 - records0) as f64 / syncs as f64
+        } else {
+            f64::NAN
+        },
         p50_us: hist.value_at_quantile(0.5),
         p99_us: hist.value_at_quantile(0.99),
     }

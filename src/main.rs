@@ -33,6 +33,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print a bearer token (HS256 JWT) for an owner.
     Token(TokenArgs),
+    /// Drive load against a running server and check correctness at the end.
+    Load(countiq::load::LoadArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -131,6 +133,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => run_serve(args),
         Command::Token(args) => run_token(args),
+        Command::Load(args) => run_load(args),
     };
     match result {
         Ok(code) => code,
@@ -185,6 +188,25 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Stopped::Gracefully => Ok(ExitCode::SUCCESS),
             Stopped::LogFailed(_) => Ok(ExitCode::from(2)),
         }
+    })
+}
+
+fn run_load(args: countiq::load::LoadArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(countiq::load::run(args))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        countiq::load::print_human(&report);
+    }
+    // Exit 1 when the correctness check failed, so scripts notice.
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

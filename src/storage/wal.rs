@@ -183,7 +183,9 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.records.fetch_add(records, Ordering::Relaxed);
-        self.stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         metrics::histogram!("countiq_wal_batch_records").record(records as f64);
         metrics::counter!("countiq_wal_bytes_written_total").increment(bytes.len() as u64);
         metrics::counter!("countiq_wal_records_total").increment(records);

@@ -1,0 +1,105 @@
+# Helpers for bench/run.sh. Source it; do not run it.
+# Adapted from shared/peers/lib.sh (same knobs, same kill-by-PID discipline).
+# shellcheck shell=bash
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck disable=SC2034  # used by run.sh
+REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+# Raw outputs of the latest run (git-ignored).
+OUT_DIR="${OUT_DIR:-$BENCH_DIR/out}"
+SUMMARY="$OUT_DIR/summary.tsv"
+
+DURATION="${DURATION:-10}"   # seconds per load run
+CONNS="${CONNS:-64}"         # concurrent connections / clients for every system
+RUNS="${RUNS:-3}"            # repetitions per configuration; medians reported
+# Every run is also cut by `timeout` at DURATION + this many seconds.
+RUN_GRACE_S=30
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Median of the arguments (upper median for an even count); NA when none.
+median() {
+  printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g \
+    | awk '{a[NR]=$1} END { if (NR==0) {print "NA"} else {print a[int((NR+1)/2)]} }'
+}
+
+# PIDs we started; only these are ever killed (TERM, then KILL after 5 s).
+STARTED_PIDS=()
+kill_started() {
+  local pid
+  for pid in "${STARTED_PIDS[@]:-}"; do
+    [[ -n "$pid" ]] || continue
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+  done
+  STARTED_PIDS=()
+}
+
+# stop_pid PID : stop one server we started, and wait for it to exit.
+stop_pid() {
+  local pid="$1"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# Wait until a TCP port on 127.0.0.1 accepts connections.
+wait_port() {
+  local port="$1" tries="${2:-100}"
+  for _ in $(seq 1 "$tries"); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  log "port $port did not open"; return 1
+}
+
+# A free loopback TCP port: probe from a random start, skipping ports in use.
+free_port() {
+  local port
+  for _ in $(seq 1 200); do
+    port=$((20000 + RANDOM % 20000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
+  done
+  log "no free port found"; return 1
+}
+
+# record SYSTEM CONFIG TOOL DURABLE RPS P50_MS P99_MS RUNS_RPS NOTE
+record() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >> "$SUMMARY"; }
+
+# wrk_series LABEL URL -> records one row from RUNS wrk runs (patch.lua).
+# Extra args: SYSTEM CONFIG DURABLE.
+wrk_series() {
+  local label="$1" url="$2" system="$3" config="$4" durable="$5" line r
+  local rps=() p50=() p99=() bad=()
+  for r in $(seq 1 "$RUNS"); do
+    line="$(timeout $((DURATION + RUN_GRACE_S)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency \
+              -s "$BENCH_DIR/patch.lua" "$url" 2>&1 | tee -a "$OUT_DIR/wrk-$label.txt" | grep '^WRKRESULT' || true)"
+    log "$label run$r: ${line:-no WRKRESULT (see $OUT_DIR/wrk-$label.txt)}"
+    [[ -n "$line" ]] || continue
+    rps+=("$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$line")")
+    p50+=("$(sed -E 's/.* p50_ms=([0-9.]+).*/\1/' <<<"$line")")
+    p99+=("$(sed -E 's/.* p99_ms=([0-9.]+).*/\1/' <<<"$line")")
+    bad+=("$(sed -E 's/.* non2xx=([0-9]+) errors=([0-9]+).*/\1+\2/' <<<"$line")")
+  done
+  record "$system" "$config" "wrk -t2" "$durable" "$(median "${rps[@]:-}")" "$(median "${p50[@]:-}")" \
+    "$(median "${p99[@]:-}")" "${rps[*]:-}" "non2xx+sockerr ${bad[*]:-}"
+}
+
+# PostgreSQL server binaries: /usr/local/bin (peers' layout) or Debian's.
+pg_bin_dir() {
+  if [[ -x /usr/local/bin/postgres && -x /usr/local/bin/initdb ]]; then echo /usr/local/bin; return; fi
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [[ -x "$d/postgres" ]] && { echo "$d"; return; }
+  done
+  return 1
+}
+
+# Run a command as the postgres OS user when we are root (initdb refuses root).
+as_pg() {
+  if [[ "$(id -u)" == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}

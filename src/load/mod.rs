@@ -1,0 +1,135 @@
+//! # `countiq load` — the load generator and end-to-end correctness check
+//!
+//! Drives a running CountIQ server over loopback HTTP/1.1 with one keep-alive
+//! connection per virtual client, measures throughput and latency, and at the
+//! end proves that no acknowledged delta was lost: every item's final `qty`
+//! must equal its start quantity plus the deltas whose 200 reply arrived
+//! (within the range explained by requests that got no reply).
+//!
+//! It exists so that CountIQ's performance claims come with a correctness
+//! check attached, measured the same way as the peers in `shared/peers/`.
+//!
+//! ## Layout
+//!
+//! - `args`    — `LoadArgs` (clap), scenarios, limits and validation.
+//! - `target`  — `--url` parsing; refuses non-loopback targets.
+//! - `token`   — the HS256 secret and the per-owner JWTs.
+//! - `client`  — one hyper 1 HTTP/1.1 connection per virtual client.
+//! - `plan`    — owners, items, and the next op for each scenario.
+//! - `pacing`  — open-loop schedule and coordinated-omission correction.
+//! - `stats`   — per-client counts, histogram, and check tallies.
+//! - `check`   — the final-quantity arithmetic, including unknown outcomes.
+//! - `setup`   — creating items before, reading them back after.
+//! - `worker`  — the measured phase and the progress line.
+//! - `report`  — `LoadReport`, its JSON form and `print_human`.
+
+mod args;
+mod check;
+mod client;
+mod pacing;
+mod plan;
+mod report;
+mod setup;
+mod stats;
+mod target;
+mod token;
+mod worker;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use rand::Rng;
+
+pub use args::{LoadArgs, Scenario};
+pub use report::{print_human, LoadReport};
+
+use plan::{OwnerPlan, Plan};
+use setup::ItemSpec;
+use worker::{Drive, Pacing};
+
+/// Runs one load test as `args` describe and returns its report. Nothing is
+/// printed on stdout (the caller prints the report, as JSON or for a person);
+/// the progress line goes to stderr. Errors are setup failures (bad flags,
+/// unreachable or non-loopback target, no secret, items not creatable).
+pub async fn run(args: LoadArgs) -> Result<LoadReport> {
+    args.validate()?;
+    let target = target::resolve(&args.url, args.allow_remote).await?;
+    let secret = token::load_secret(args.jwt_secret.as_deref(), &args.data_dir)?;
+    let run_id = format!("{:016x}", rand::rng().random::<u64>());
+    let owners = make_owners(&args, &run_id, &secret)?;
+    let specs = Arc::new(item_specs(&args, &run_id));
+    let plan = Arc::new(Plan {
+        scenario: args.scenario,
+        owners,
+        items: Vec::new(),
+        delta_min: args.delta_min,
+        delta_max: args.delta_max,
+        batch: args.batch,
+        start_qty: args.start_qty,
+        run_id,
+    });
+    let items = setup::create_items(&target, args.timeout, plan.clone(), specs).await?;
+    let mut plan = Arc::try_unwrap(plan).map_err(|_| anyhow!("setup still holds the plan"))?;
+    plan.items = items;
+    let plan = Arc::new(plan);
+
+    let (stats, elapsed) = worker::drive(Drive {
+        plan: plan.clone(),
+        target: target.clone(),
+        timeout: args.timeout,
+        connections: args.connections,
+        duration: args.duration,
+        pacing: args
+            .rate
+            .map_or(Pacing::Closed, |rate| Pacing::Open { rate }),
+        requests: args.requests,
+        progress: args.progress || std::io::stderr().is_terminal(),
+    })
+    .await;
+    let finals = setup::read_final(&target, args.timeout, plan.clone()).await;
+    let facts = report::RunFacts {
+        url: args.url.clone(),
+        connections: args.connections,
+        target_rate: args.rate,
+        elapsed,
+    };
+    Ok(report::build(facts, &plan, stats, &finals))
+}
+
+/// One owner for the hot scenarios, `--owners` for `uniform`; each gets a
+/// token (owners exist only as token subjects). Owner ids stay within the API's 1–64 `[A-Za-z0-9._-]`.
+fn make_owners(args: &LoadArgs, run_id: &str, secret: &[u8]) -> Result<Vec<OwnerPlan>> {
+    let names: Vec<String> = match args.scenario {
+        Scenario::Uniform => (0..args.owners)
+            .map(|i| format!("cq-{run_id}-o{i}"))
+            .collect(),
+        _ => vec![format!("cq-{run_id}-hot")],
+    };
+    names
+        .into_iter()
+        .map(|name| {
+            let jwt = token::mint(secret, &name)?;
+            let token = client::bearer(&jwt).context("token is not a valid header value")?;
+            Ok(OwnerPlan { token })
+        })
+        .collect()
+}
+
+/// The checked items: `--items` on the hot owner, or one per owner.
+fn item_specs(args: &LoadArgs, run_id: &str) -> Vec<ItemSpec> {
+    match args.scenario {
+        Scenario::Uniform => (0..args.owners as usize)
+            .map(|i| ItemSpec {
+                owner: i,
+                name: format!("cq-{run_id}-item"),
+            })
+            .collect(),
+        _ => (0..args.items)
+            .map(|i| ItemSpec {
+                owner: 0,
+                name: format!("cq-{run_id}-item-{i}"),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,242 @@
+//! What one run does: the owners with their tokens, the items created for
+//! them, and the choice of the next operation for each scenario. Shared
+//! read-only by every virtual client.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use rand::Rng;
+use serde_json::json;
+
+use super::args::Scenario;
+
+/// `mixed`: percentage of PATCH requests; the next `MIXED_GET_PCT` are GETs,
+/// the rest POST /items.
+const MIXED_PATCH_PCT: u32 = 70;
+const MIXED_GET_PCT: u32 = 20;
+
+/// One owner namespace used by the run.
+pub(crate) struct OwnerPlan {
+    /// `Bearer <jwt>` for this owner.
+    pub token: HeaderValue,
+}
+
+/// One item the run created and will check.
+pub(crate) struct ItemPlan {
+    /// Server-assigned id (validated to be path-safe).
+    pub id: String,
+    /// Index into `Plan::owners`.
+    pub owner: usize,
+}
+
+/// The immutable description of a run, shared by all clients.
+pub(crate) struct Plan {
+    pub scenario: Scenario,
+    pub owners: Vec<OwnerPlan>,
+    pub items: Vec<ItemPlan>,
+    pub delta_min: i64,
+    pub delta_max: i64,
+    /// Ops per transaction.
+    pub batch: u32,
+    pub start_qty: i64,
+    /// Makes names unique per run (owners, items, created items).
+    pub run_id: String,
+}
+
+/// One request a virtual client makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// PATCH /items/{id}/qty.
+    Patch { item: usize, delta: i64 },
+    /// GET /items/{id}.
+    Get { item: usize },
+    /// POST /items with a fresh name (mixed only; not checked).
+    Create { name: String },
+    /// POST /transactions with `(item, delta)` ops.
+    Txn { ops: Vec<(usize, i64)> },
+}
+
+impl Op {
+    /// Whether the op can change a checked item.
+    pub fn mutates_checked_items(&self) -> bool {
+        matches!(self, Op::Patch { .. } | Op::Txn { .. })
+    }
+
+    /// Net delta per checked item, for the unknown-outcome range. A
+    /// transaction is atomic, so it counts once per item with its net sum.
+    pub fn net_deltas(&self) -> Vec<(usize, i128)> {
+        match self {
+            Op::Patch { item, delta } => vec![(*item, i128::from(*delta))],
+            Op::Txn { ops } => {
+                let mut net: Vec<(usize, i128)> = Vec::new();
+                for &(item, delta) in ops {
+                    match net.iter_mut().find(|(i, _)| *i == item) {
+                        Some(entry) => entry.1 += i128::from(delta),
+                        None => net.push((item, i128::from(delta))),
+                    }
+                }
+                net
+            }
+            Op::Get { .. } | Op::Create { .. } => Vec::new(),
+        }
+    }
+}
+
+impl Plan {
+    /// Picks the next op for a client; `seq` numbers the client's requests
+    /// (used for unique names).
+    pub fn next_op(&self, rng: &mut impl Rng, worker: u32, seq: u64) -> Op {
+        match self.scenario {
+            Scenario::HotOwner | Scenario::Uniform => self.patch(rng),
+            Scenario::Mixed => match rng.random_range(0..100) {
+                p if p < MIXED_PATCH_PCT => self.patch(rng),
+                p if p < MIXED_PATCH_PCT + MIXED_GET_PCT => Op::Get {
+                    item: self.any_item(rng),
+                },
+                _ => Op::Create {
+                    name: format!("cq-{}-w{worker}-n{seq}", self.run_id),
+                },
+            },
+            Scenario::Transactions => Op::Txn {
+                ops: (0..self.batch)
+                    .map(|_| (self.any_item(rng), self.delta(rng)))
+                    .collect(),
+            },
+        }
+    }
+
+    fn patch(&self, rng: &mut impl Rng) -> Op {
+        Op::Patch {
+            item: self.any_item(rng),
+            delta: self.delta(rng),
+        }
+    }
+
+    fn any_item(&self, rng: &mut impl Rng) -> usize {
+        rng.random_range(0..self.items.len())
+    }
+
+    fn delta(&self, rng: &mut impl Rng) -> i64 {
+        rng.random_range(self.delta_min..=self.delta_max)
+    }
+
+    /// Method, API path, owner index and JSON body of an op.
+    pub fn encode(&self, op: &Op) -> (Method, String, usize, Option<Bytes>) {
+        match op {
+            Op::Patch { item, delta } => {
+                let it = &self.items[*item];
+                let body = json!({ "delta": delta }).to_string();
+                (
+                    Method::PATCH,
+                    format!("/items/{}/qty", it.id),
+                    it.owner,
+                    Some(body.into()),
+                )
+            }
+            Op::Get { item } => {
+                let it = &self.items[*item];
+                (Method::GET, format!("/items/{}", it.id), it.owner, None)
+            }
+            Op::Create { name } => {
+                let body = json!({ "name": name, "qty": 0 }).to_string();
+                (Method::POST, "/items".to_string(), 0, Some(body.into()))
+            }
+            Op::Txn { ops } => {
+                let owner = ops.first().map_or(0, |(item, _)| self.items[*item].owner);
+                let ops: Vec<_> = ops
+                    .iter()
+                    .map(|(item, delta)| json!({ "item": self.items[*item].id, "delta": delta }))
+                    .collect();
+                (
+                    Method::POST,
+                    "/transactions".to_string(),
+                    owner,
+                    Some(json!({ "ops": ops }).to_string().into()),
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: ops follow the scenario and encode to the API's shapes; method:
+    //! a seeded RNG over a small plan.
+    use super::*;
+    use rand::SeedableRng;
+
+    fn plan(scenario: Scenario) -> Plan {
+        let token = HeaderValue::from_static("Bearer t");
+        Plan {
+            scenario,
+            owners: vec![OwnerPlan { token }],
+            items: vec![
+                ItemPlan {
+                    id: "a".into(),
+                    owner: 0,
+                },
+                ItemPlan {
+                    id: "b".into(),
+                    owner: 0,
+                },
+            ],
+            delta_min: -2,
+            delta_max: 3,
+            batch: 5,
+            start_qty: 10,
+            run_id: "r".into(),
+        }
+    }
+
+    #[test]
+    fn mixed_ratios_are_roughly_70_20_10() {
+        let p = plan(Scenario::Mixed);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let (mut patch, mut get, mut create) = (0, 0, 0);
+        for seq in 0..10_000 {
+            match p.next_op(&mut rng, 0, seq) {
+                Op::Patch { delta, .. } => {
+                    assert!((-2..=3).contains(&delta));
+                    patch += 1;
+                }
+                Op::Get { .. } => get += 1,
+                Op::Create { .. } => create += 1,
+                Op::Txn { .. } => panic!("no transactions in mixed"),
+            }
+        }
+        assert!((6_700..7_300).contains(&patch), "patch {patch}");
+        assert!((1_700..2_300).contains(&get), "get {get}");
+        assert!((700..1_300).contains(&create), "create {create}");
+    }
+
+    #[test]
+    fn transaction_has_batch_ops_and_net_deltas() {
+        let p = plan(Scenario::Transactions);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let op = p.next_op(&mut rng, 0, 0);
+        let Op::Txn { ops } = &op else {
+            panic!("expected a transaction")
+        };
+        assert_eq!(ops.len(), 5);
+        let net_total: i128 = op.net_deltas().iter().map(|(_, d)| d).sum();
+        assert_eq!(
+            net_total,
+            ops.iter().map(|(_, d)| i128::from(*d)).sum::<i128>()
+        );
+        let (method, path, _, body) = p.encode(&op);
+        assert_eq!(method, Method::POST);
+        assert_eq!(path, "/transactions");
+        let v: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
+        assert_eq!(v["ops"].as_array().map(Vec::len), Some(5));
+    }
+
+    #[test]
+    fn patch_encodes_delta_body() {
+        let p = plan(Scenario::HotOwner);
+        let (method, path, owner, body) = p.encode(&Op::Patch { item: 1, delta: -1 });
+        assert_eq!(
+            (method, path.as_str(), owner),
+            (Method::PATCH, "/items/b/qty", 0)
+        );
+        assert_eq!(body.as_deref(), Some(&b"{\"delta\":-1}"[..]));
+    }
+}

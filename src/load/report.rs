@@ -1,0 +1,256 @@
+//! The result of a run: a serialisable `LoadReport` (for `--json`) built from
+//! the merged stats and the final reads, and its human rendering.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::check::{judge, ItemVerdict};
+use super::plan::Plan;
+use super::stats::Stats;
+
+/// Item verdicts listed in a report; beyond this only the counts are kept,
+/// so a `uniform` run over many owners stays readable.
+const VERDICTS_LISTED_MAX: usize = 20;
+
+/// Latency percentiles in µs (from an HDR histogram, 3 significant digits).
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyUs {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// The correctness verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// True when every condition below holds.
+    pub passed: bool,
+    pub items_checked: usize,
+    pub items_failed: usize,
+    /// Items whose final GET failed (counted in `items_failed` too).
+    pub items_unread: usize,
+    /// Requests without a reply that may have been applied.
+    pub unknown_outcomes: u64,
+    pub negative_qty_seen: u64,
+    pub version_regressions: u64,
+    pub malformed_replies: u64,
+    /// Failed items first, then others, up to a bound.
+    pub items: Vec<ItemVerdict>,
+    /// A few example anomaly messages.
+    pub anomaly_samples: Vec<String>,
+}
+
+/// Everything `countiq load` measured and checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub scenario: String,
+    pub url: String,
+    pub connections: u32,
+    /// "closed" or "open".
+    pub mode: String,
+    /// Open loop: the target rate (requests/s).
+    pub target_rate: Option<f64>,
+    pub elapsed_s: f64,
+    /// Requests that got an HTTP reply (any status).
+    pub replies: u64,
+    pub requests_per_s: f64,
+    /// Deltas in acknowledged PATCHes and transactions.
+    pub deltas_acked: u64,
+    pub deltas_per_s: f64,
+    /// Coordinated-omission corrected in open loop.
+    pub latency_us: LatencyUs,
+    pub by_status: BTreeMap<u16, u64>,
+    pub by_error_code: BTreeMap<String, u64>,
+    /// Requests without a reply: connect, timeout, io.
+    pub no_reply: BTreeMap<String, u64>,
+    /// 400 `qty_below_zero`: legitimate refusals, not acknowledged.
+    pub refused_qty_below_zero: u64,
+    /// 503 `overloaded`.
+    pub overloaded: u64,
+    pub check: CheckReport,
+}
+
+impl LoadReport {
+    /// Whether the correctness check passed (the process exit code follows this).
+    pub fn ok(&self) -> bool {
+        self.check.passed
+    }
+}
+
+/// Facts about the run that are not in the stats.
+pub(crate) struct RunFacts {
+    pub url: String,
+    pub connections: u32,
+    pub target_rate: Option<f64>,
+    pub elapsed: Duration,
+}
+
+/// Builds the report from the merged stats and the final quantities.
+pub(crate) fn build(
+    facts: RunFacts,
+    plan: &Plan,
+    stats: Stats,
+    finals: &[Option<i128>],
+) -> LoadReport {
+    let secs = facts.elapsed.as_secs_f64().max(f64::EPSILON);
+    let code = |c: &str| stats.by_error_code.get(c).copied().unwrap_or(0);
+    LoadReport {
+        scenario: plan.scenario.name().to_string(),
+        url: facts.url,
+        connections: facts.connections,
+        mode: if facts.target_rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        }
+        .to_string(),
+        target_rate: facts.target_rate,
+        elapsed_s: secs,
+        replies: stats.replies,
+        requests_per_s: stats.replies as f64 / secs,
+        deltas_acked: stats.deltas_acked,
+        deltas_per_s: stats.deltas_acked as f64 / secs,
+        latency_us: latency(&stats.latency_us),
+        refused_qty_below_zero: code("qty_below_zero"),
+        overloaded: code("overloaded"),
+        by_status: stats.by_status.clone(),
+        by_error_code: stats.by_error_code.clone(),
+        no_reply: stats
+            .by_failure
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        check: check(plan, &stats, finals),
+    }
+}
+
+fn latency(h: &Histogram<u64>) -> LatencyUs {
+    LatencyUs {
+        count: h.len(),
+        mean: h.mean(),
+        p50: h.value_at_quantile(0.50),
+        p90: h.value_at_quantile(0.90),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+    }
+}
+
+fn check(plan: &Plan, stats: &Stats, finals: &[Option<i128>]) -> CheckReport {
+    let start = i128::from(plan.start_qty);
+    let mut verdicts: Vec<ItemVerdict> = plan
+        .items
+        .iter()
+        .zip(&stats.tallies)
+        .zip(finals)
+        .map(|((item, tally), final_qty)| judge(&item.id, start, tally, *final_qty))
+        .collect();
+    let items_failed = verdicts.iter().filter(|v| !v.ok).count();
+    let items_unread = verdicts.iter().filter(|v| v.final_qty.is_none()).count();
+    // Failed items first (stable), then truncate.
+    verdicts.sort_by_key(|v| v.ok);
+    verdicts.truncate(VERDICTS_LISTED_MAX);
+    let passed = items_failed == 0
+        && !plan.items.is_empty()
+        && stats.negative_qty_seen == 0
+        && stats.version_regressions == 0
+        && stats.malformed_replies == 0;
+    CheckReport {
+        passed,
+        items_checked: plan.items.len(),
+        items_failed,
+        items_unread,
+        unknown_outcomes: stats.unknown_outcomes,
+        negative_qty_seen: stats.negative_qty_seen,
+        version_regressions: stats.version_regressions,
+        malformed_replies: stats.malformed_replies,
+        items: verdicts,
+        anomaly_samples: stats.anomaly_samples.clone(),
+    }
+}
+
+/// Prints the report for a person, on stdout.
+pub fn print_human(r: &LoadReport) {
+    let rate = r
+        .target_rate
+        .map(|t| format!(" at {t:.0} req/s target"))
+        .unwrap_or_default();
+    println!(
+        "countiq load: {} | {} loop{rate} | {} connections | {:.2} s | {}",
+        r.scenario, r.mode, r.connections, r.elapsed_s, r.url
+    );
+    println!(
+        "  throughput   {:.0} req/s ({} replies)",
+        r.requests_per_s, r.replies
+    );
+    println!(
+        "  deltas       {:.0} acknowledged deltas/s ({} total)",
+        r.deltas_per_s, r.deltas_acked
+    );
+    let l = &r.latency_us;
+    let corrected = if r.mode == "open" {
+        " (from intended send time)"
+    } else {
+        ""
+    };
+    println!(
+        "  latency µs   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.0}{corrected}",
+        l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+    );
+    println!(
+        "  status       {}",
+        join_counts(r.by_status.iter().map(|(k, v)| (k.to_string(), *v)))
+    );
+    if !r.by_error_code.is_empty() {
+        println!(
+            "  error codes  {}",
+            join_counts(r.by_error_code.iter().map(|(k, v)| (k.clone(), *v)))
+        );
+    }
+    if !r.no_reply.is_empty() {
+        println!(
+            "  no reply     {}",
+            join_counts(r.no_reply.iter().map(|(k, v)| (k.clone(), *v)))
+        );
+    }
+    print_check(&r.check);
+}
+
+fn print_check(c: &CheckReport) {
+    let verdict = if c.passed { "PASSED" } else { "FAILED" };
+    println!(
+        "  check        {verdict}: {}/{} items match start + acknowledged deltas; unknown outcomes: {}; \
+         negative qty seen: {}; version regressions: {}; malformed replies: {}",
+        c.items_checked - c.items_failed,
+        c.items_checked,
+        c.unknown_outcomes,
+        c.negative_qty_seen,
+        c.version_regressions,
+        c.malformed_replies
+    );
+    for v in c.items.iter().filter(|v| !v.ok) {
+        let got = v
+            .final_qty
+            .map_or_else(|| "unreadable".to_string(), |q| q.to_string());
+        println!(
+            "    item {}: final qty {got}, expected {}..={} (start {} + acked {}, {} unknown)",
+            v.id, v.expected_min, v.expected_max, v.start_qty, v.acked_delta, v.unknown_outcomes
+        );
+    }
+    for s in &c.anomaly_samples {
+        println!("    anomaly: {s}");
+    }
+}
+
+fn join_counts(it: impl Iterator<Item = (String, u64)>) -> String {
+    it.map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join("  ")
+}

@@ -1,0 +1,209 @@
+//! Before and after the measured phase: create the run's items through the
+//! API, and read every item back for the check. Both use a few parallel
+//! connections; every loop is bounded by a named attempt limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http::Method;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::client::{Client, Failure, Reply};
+use super::plan::{ItemPlan, Plan};
+use super::target::Target;
+
+/// Parallel connections used to create and read back items.
+const SETUP_CONNECTIONS_MAX: usize = 8;
+/// Names tried per item when the server answers 409 `name_taken`.
+const NAME_ATTEMPTS_MAX: u32 = 5;
+/// Tries per final read (a transport failure is retried).
+const READ_ATTEMPTS_MAX: u32 = 3;
+/// Longest id accepted from the server (a UUID is 36 characters).
+const ID_CHARS_MAX: usize = 64;
+
+/// What to create: for each item, its owner index and base name.
+pub(crate) struct ItemSpec {
+    pub owner: usize,
+    pub name: String,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ReadBack {
+    qty: i64,
+}
+
+/// Creates every item with `start_qty`; returns them in `specs` order.
+pub(crate) async fn create_items(
+    target: &Target,
+    timeout: Duration,
+    plan: Arc<Plan>,
+    specs: Arc<Vec<ItemSpec>>,
+) -> Result<Vec<ItemPlan>> {
+    let lanes = SETUP_CONNECTIONS_MAX.min(specs.len()).max(1);
+    let mut tasks = Vec::with_capacity(lanes);
+    for lane in 0..lanes {
+        let (plan, specs, target) = (plan.clone(), specs.clone(), target.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::new(target, timeout);
+            let mut made = Vec::new();
+            for index in (lane..specs.len()).step_by(lanes) {
+                let id = create_one(&mut client, &plan, &specs[index]).await?;
+                made.push((
+                    index,
+                    ItemPlan {
+                        id,
+                        owner: specs[index].owner,
+                    },
+                ));
+            }
+            anyhow::Ok(made)
+        }));
+    }
+    let mut slots: Vec<Option<ItemPlan>> = (0..specs.len()).map(|_| None).collect();
+    for task in tasks {
+        for (index, item) in task.await.context("setup task failed")?? {
+            slots[index] = Some(item);
+        }
+    }
+    slots
+        .into_iter()
+        .map(|s| s.ok_or_else(|| anyhow!("setup left an item uncreated")))
+        .collect()
+}
+
+async fn create_one(client: &mut Client, plan: &Plan, spec: &ItemSpec) -> Result<String> {
+    let token = &plan.owners[spec.owner].token;
+    for attempt in 0..NAME_ATTEMPTS_MAX {
+        let name = if attempt == 0 {
+            spec.name.clone()
+        } else {
+            format!("{}-r{attempt}", spec.name)
+        };
+        let body = Bytes::from(json!({ "name": name, "qty": plan.start_qty }).to_string());
+        let reply = match client
+            .request(Method::POST, "/items", token, Some(body))
+            .await
+        {
+            Ok(reply) => reply,
+            Err(Failure::Connect) => {
+                bail!(
+                    "setup: cannot connect to {} (is the server running?)",
+                    client.addr()
+                )
+            }
+            // No reply: the item may exist under this name; try another.
+            Err(_) => continue,
+        };
+        match reply.status {
+            201 => return parse_created(&reply),
+            409 => continue,
+            status => bail!("setup: POST /items answered {status}: {}", snippet(&reply)),
+        }
+    }
+    bail!(
+        "setup: could not create item {:?} in {NAME_ATTEMPTS_MAX} attempts",
+        spec.name
+    )
+}
+
+fn parse_created(reply: &Reply) -> Result<String> {
+    let created: Created = serde_json::from_slice(&reply.body)
+        .with_context(|| format!("setup: 201 body is not an item: {}", snippet(reply)))?;
+    if !is_path_safe_id(&created.id) {
+        bail!(
+            "setup: server returned an id unsafe for a URL path: {:?}",
+            created.id
+        );
+    }
+    Ok(created.id)
+}
+
+/// Ids go into request paths: only `[A-Za-z0-9_-]`, bounded length.
+pub(crate) fn is_path_safe_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= ID_CHARS_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Reads every item's final qty; None for an item that could not be read.
+pub(crate) async fn read_final(
+    target: &Target,
+    timeout: Duration,
+    plan: Arc<Plan>,
+) -> Vec<Option<i128>> {
+    let lanes = SETUP_CONNECTIONS_MAX.min(plan.items.len()).max(1);
+    let mut tasks = Vec::with_capacity(lanes);
+    for lane in 0..lanes {
+        let (plan, target) = (plan.clone(), target.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::new(target, timeout);
+            let mut read = Vec::new();
+            for index in (lane..plan.items.len()).step_by(lanes) {
+                read.push((index, read_one(&mut client, &plan, index).await));
+            }
+            read
+        }));
+    }
+    let mut finals = vec![None; plan.items.len()];
+    for task in tasks {
+        // A failed lane leaves its items unread, which fails the check.
+        if let Ok(read) = task.await {
+            for (index, qty) in read {
+                finals[index] = qty;
+            }
+        }
+    }
+    finals
+}
+
+async fn read_one(client: &mut Client, plan: &Plan, index: usize) -> Option<i128> {
+    let item = &plan.items[index];
+    let path = format!("/items/{}", item.id);
+    for _ in 0..READ_ATTEMPTS_MAX {
+        match client
+            .request(Method::GET, &path, &plan.owners[item.owner].token, None)
+            .await
+        {
+            Ok(reply) if reply.status == 200 => {
+                return serde_json::from_slice::<ReadBack>(&reply.body)
+                    .ok()
+                    .map(|r| i128::from(r.qty));
+            }
+            Ok(_) => return None,
+            Err(_) => continue,
+        }
+    }
+    None
+}
+
+/// The start of a body, for error messages.
+fn snippet(reply: &Reply) -> String {
+    const SNIPPET_BYTES_MAX: usize = 200;
+    let end = reply.body.len().min(SNIPPET_BYTES_MAX);
+    String::from_utf8_lossy(&reply.body[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: only path-safe ids are accepted; method: examples.
+    use super::*;
+
+    #[test]
+    fn path_safe_ids() {
+        assert!(is_path_safe_id("01890a5d-ac96-774b-bcce-b302099a8057"));
+        assert!(!is_path_safe_id(""));
+        assert!(!is_path_safe_id("a/b"));
+        assert!(!is_path_safe_id("a b"));
+        assert!(!is_path_safe_id(&"x".repeat(65)));
+    }
+}
