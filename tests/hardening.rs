@@ -24,7 +24,9 @@ async fn slow_connections_do_not_starve_normal_clients() {
     let mut slow = Vec::with_capacity(SLOW_CONNECTIONS);
     for _ in 0..SLOW_CONNECTIONS {
         let mut c = TcpStream::connect(&addr).await.expect("connect");
-        c.write_all(b"GET /items HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("write");
+        c.write_all(b"GET /items HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write");
         slow.push(c);
     }
 
@@ -37,9 +39,19 @@ async fn slow_connections_do_not_starve_normal_clients() {
         assert_eq!(r.body["qty"], i);
     }
     let per_request = started.elapsed() / 200;
-    let r = s.send(Method::GET, &format!("/items/{id}"), Some("alice"), None, &[]).await;
+    let r = s
+        .send(
+            Method::GET,
+            &format!("/items/{id}"),
+            Some("alice"),
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(r.body["qty"], 200);
-    eprintln!("with {SLOW_CONNECTIONS} slow connections open: {per_request:?} per PATCH (sequential)");
+    eprintln!(
+        "with {SLOW_CONNECTIONS} slow connections open: {per_request:?} per PATCH (sequential)"
+    );
 
     // The server closes a connection whose head is not complete within
     // HEADER_READ_TIMEOUT (10 s): reading it returns EOF (or a 408), never
@@ -51,7 +63,10 @@ async fn slow_connections_do_not_starve_normal_clients() {
         Ok(Ok(0)) | Ok(Err(_)) => {}
         Ok(Ok(n)) => {
             let head = String::from_utf8_lossy(&buf[..n]);
-            assert!(head.starts_with("HTTP/1.1 408"), "unexpected reply to a slow head: {head}");
+            assert!(
+                head.starts_with("HTTP/1.1 408"),
+                "unexpected reply to a slow head: {head}"
+            );
         }
         Err(_) => panic!("a slow connection was held open past the header-read timeout"),
     }
@@ -62,7 +77,15 @@ async fn slow_connections_do_not_starve_normal_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_echoed_or_generated() {
     let s = TestServer::start().await;
-    let r = s.send(Method::GET, "/healthz", None, None, &[("x-request-id", "abc-123")]).await;
+    let r = s
+        .send(
+            Method::GET,
+            "/healthz",
+            None,
+            None,
+            &[("x-request-id", "abc-123")],
+        )
+        .await;
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     let r = s.send(Method::GET, "/healthz", None, None, &[]).await;
     let generated = r.header("x-request-id").expect("generated id");
@@ -75,12 +98,27 @@ async fn request_ids_are_echoed_or_generated() {
 async fn metrics_expose_request_counts() {
     let s = TestServer::start().await;
     s.create("alice", "milk", 1).await;
-    let text = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let line = text
         .lines()
-        .find(|l| l.starts_with("countiq_http_requests_total") && l.contains("route=\"/items\"") && l.contains("status=\"201\""))
+        .find(|l| {
+            l.starts_with("countiq_http_requests_total")
+                && l.contains("route=\"/items\"")
+                && l.contains("status=\"201\"")
+        })
         .unwrap_or_else(|| panic!("no counter for POST /items 201 in:\n{text}"));
     let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 1.0, "{line}");
-    assert!(text.contains("countiq_wal_fsync_seconds"), "WAL metrics are exported");
+    assert!(
+        text.contains("countiq_wal_fsync_seconds"),
+        "WAL metrics are exported"
+    );
 }

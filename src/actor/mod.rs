@@ -96,8 +96,11 @@ pub struct OwnerCopy {
 }
 
 enum Msg {
+    /// Boxed so a mailbox slot is two pointers: tokio allocates mailbox
+    /// slots 32 at a time, and an idle owner should not pay for 32 full
+    /// requests.
     Call {
-        req: Request,
+        req: Box<Request>,
         tx: oneshot::Sender<Result<Answer, CallError>>,
     },
     Copy {
@@ -221,7 +224,9 @@ fn spawn(
 
 impl OwnerActor {
     async fn run(mut self) {
-        let mut batch = Vec::with_capacity(MAILBOX_BATCH_MAX);
+        // Grows to the batch sizes this owner really sees: an idle owner
+        // keeps a few slots, not MAILBOX_BATCH_MAX of them.
+        let mut batch = Vec::new();
         loop {
             let received = match self.shared.config.idle_after {
                 Some(idle) => match tokio::time::timeout(
@@ -252,7 +257,7 @@ impl OwnerActor {
     /// Handle one message. Synchronous on purpose (see the module docs).
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Call { req, tx } => match req {
+            Msg::Call { req, tx } => match *req {
                 Request::Get(id) => self.respond(tx, Answer::Found(self.state.get(&id).cloned())),
                 Request::List { after, limit } => {
                     let (items, more) = self.state.list(after, limit);

@@ -112,7 +112,10 @@ impl Registry {
     /// releases only once the state it reports is durable).
     pub async fn call(&self, owner: &OwnerId, req: Request) -> Result<Answer, CallError> {
         let (tx, rx) = oneshot::channel();
-        let mut msg = Msg::Call { req, tx };
+        let mut msg = Msg::Call {
+            req: Box::new(req),
+            tx,
+        };
         for _ in 0..CLOSED_RETRIES_MAX {
             match self.handle(owner).tx.try_send(msg) {
                 Ok(()) => return rx.await.unwrap_or(Err(CallError::Unavailable)),

@@ -1,0 +1,118 @@
+//! Memory per owner: create N owners with one item each through the real
+//! node (no HTTP), read the live heap with every actor running, then let
+//! them park (idle timeout) and read it again. Live heap bytes are counted
+//! exactly by a counting global allocator.
+//!
+//!     cargo bench --bench owners_memory            # N = 100000
+//!     COUNTIQ_BENCH_OWNERS=200000 cargo bench --bench owners_memory
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use countiq::actor::{ActorConfig, Answer, Request, SystemClock};
+use countiq::domain::{Command, ItemName, OwnerId, Qty};
+use countiq::node::{Node, NodeConfig};
+use countiq::storage::wal::FsyncPolicy;
+
+/// Counts live heap bytes exactly (RSS would not show memory that parking
+/// frees: the allocator keeps it for reuse).
+struct Counting;
+
+static LIVE: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator and only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as u64, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn rss_bytes() -> u64 {
+    LIVE.load(Ordering::Relaxed)
+}
+
+fn main() {
+    let owners: usize = std::env::var("COUNTIQ_BENCH_OWNERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let idle = Duration::from_secs(3);
+        let mut config = NodeConfig::new(dir.path());
+        config.fsync = FsyncPolicy::Never; // this measures memory, not the disk
+        config.snapshot_every_records = 0;
+        config.snapshot_interval = None;
+        config.actor = ActorConfig {
+            idle_after: Some(idle),
+            ..ActorConfig::default()
+        };
+        let node = Node::open(config, Box::new(SystemClock)).await.unwrap();
+        let before = rss_bytes();
+        let mut tasks = Vec::new();
+        for chunk in 0..64 {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in (chunk..owners).step_by(64) {
+                    let owner = OwnerId::new(&format!("owner-{i}")).unwrap();
+                    let cmd = Command::Create {
+                        name: ItemName::new("milk").unwrap(),
+                        qty: Qty::new(1).unwrap(),
+                    };
+                    let answer = node
+                        .registry()
+                        .call(&owner, Request::Write { cmd, key: None })
+                        .await;
+                    assert!(
+                        matches!(answer, Ok(Answer::Done { result: Ok(_), .. })),
+                        "{answer:?}"
+                    );
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let active = rss_bytes();
+        let stats = node.registry().stats(0);
+        assert_eq!(stats.active, owners);
+        tokio::time::sleep(idle + Duration::from_secs(2)).await;
+        let stats_parked = node.registry().stats(0);
+        let parked = rss_bytes();
+        println!("| owners | state | heap growth | per owner |");
+        println!("|---|---|---|---|");
+        let per = |bytes: u64| bytes.saturating_sub(before) as f64 / owners as f64;
+        println!(
+            "| {owners} | all active ({} actors) | {:.1} MiB | {:.0} B |",
+            stats.active,
+            (active - before) as f64 / 1048576.0,
+            per(active)
+        );
+        println!(
+            "| {owners} | parked ({} active) | {:.1} MiB | {:.0} B |",
+            stats_parked.active,
+            parked.saturating_sub(before) as f64 / 1048576.0,
+            per(parked)
+        );
+        node.shutdown().await.unwrap();
+    });
+}
