@@ -191,7 +191,7 @@ fn power_cut_run(
         std::thread::sleep(Duration::from_micros(rng.random_range(0..300)));
         // Acks seen before the cut: their sync returned before it.
         let acked_before = acked.lock().unwrap().clone();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch_dir();
         disk.cut(dir.path(), &mut rng).unwrap();
         images.push(CutImage {
             dir,

@@ -281,3 +281,180 @@ pub fn check_lsn_prefix(
     }
     Ok(n)
 }
+
+/// A scratch directory for test images, on tmpfs when there is one: the
+/// durability under test is the `MemDisk` model's, and thousands of
+/// recoveries would otherwise spend their time in the host's fsync.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().expect("create a temp dir")
+}
+
+#[allow(unused_imports)]
+pub use harness::*;
+
+mod harness {
+    use super::*;
+    use countiq::domain::idempotency::{Fingerprint, Lookup};
+    use countiq::domain::{Command, Ctx, Micros};
+    use countiq::storage::recovery::{recover, DirLock, Recovered};
+    use countiq::storage::segment::DirDisk;
+    use countiq::storage::snapshot::{prune, write_snapshot, OwnerSnapshot, PruneInfo};
+    use std::path::PathBuf;
+
+    /// How long a key lives in the harness, in the harness's microseconds.
+    pub const KEY_TTL: Micros = 5_000;
+
+    /// A stand-in for the owner actors: decides commands against in-memory
+    /// states, writes each transition through the real pipeline and writer
+    /// (DirDisk), waits until it is durable, and keeps every record written.
+    pub struct Harness {
+        pub dir: PathBuf,
+        pub wal: Option<Wal<ChanWaiter>>,
+        pub lock: Option<DirLock>,
+        pub owners: HashMap<OwnerId, (OwnerState, u64)>,
+        /// Every record acknowledged, in LSN order.
+        pub records: Vec<Record>,
+        pub segment_bytes: u64,
+    }
+
+    impl Harness {
+        pub fn open(dir: &Path, segment_bytes: u64) -> Self {
+            let mut h = Harness {
+                dir: dir.to_owned(),
+                wal: None,
+                lock: None,
+                owners: HashMap::new(),
+                records: Vec::new(),
+                segment_bytes,
+            };
+            h.restart(0);
+            h
+        }
+
+        /// Stop the writer, recover from the directory, adopt the recovered
+        /// states, start a new writer. Returns the recovery result's views.
+        pub fn restart(&mut self, now: Micros) -> (BTreeMap<OwnerId, View>, u64) {
+            if let Some(mut wal) = self.wal.take() {
+                wal.shutdown().expect("clean shutdown");
+            }
+            self.lock = None;
+            let Recovered {
+                owners,
+                next_lsn,
+                lock,
+                ..
+            } = recover(&self.dir, now).unwrap_or_else(|e| panic!("recovery: {e}"));
+            let recovered = recovered_views(&owners);
+            self.owners = owners
+                .into_iter()
+                .map(|(o, r)| (o, (r.state, r.last_lsn)))
+                .collect();
+            self.lock = lock;
+            self.wal = Some(start_wal(
+                DirDisk::new(&self.dir),
+                next_lsn,
+                self.segment_bytes,
+                FsyncPolicy::Always,
+            ));
+            (recovered, next_lsn)
+        }
+
+        /// Run one command the way the actor does; `None` when nothing is
+        /// answered from the state machine (a reused key).
+        pub fn apply(
+            &mut self,
+            o: &OwnerId,
+            cmd: &Command,
+            key: Option<(IdemKey, Fingerprint)>,
+            ctx: Ctx,
+        ) -> Option<(StoredResponse, bool)> {
+            let (state, last_lsn) = self.owners.entry(o.clone()).or_default();
+            if let Some((k, fp)) = &key {
+                match state.keys.lookup(k, fp, ctx.now) {
+                    Lookup::Replay(r) => return Some((r.clone(), true)),
+                    Lookup::Reused => return None,
+                    Lookup::Miss => {}
+                }
+            }
+            let (event, response) = match state.decide(cmd, ctx) {
+                Ok(event) => {
+                    if let Some(e) = &event {
+                        state.evolve(e);
+                    }
+                    let outcome = state.outcome(cmd, event.as_ref());
+                    (event, Ok(outcome))
+                }
+                Err(rejection) => (None, Err(rejection)),
+            };
+            let key = key.map(|(k, fp)| KeyRecord {
+                key: k,
+                fingerprint: fp,
+                response: response.clone(),
+                expires_at: ctx.now + KEY_TTL,
+            });
+            if let Some(k) = &key {
+                state.keys.insert(k.clone());
+            }
+            if event.is_some() || key.is_some() {
+                let wal = self.wal.as_ref().expect("writer running");
+                let lsn = append_durable(wal, o, event.as_ref(), key.as_ref()).expect("durable");
+                *last_lsn = lsn;
+                self.records.push(Record {
+                    lsn,
+                    owner: o.clone(),
+                    event,
+                    key,
+                });
+            }
+            Some((response, false))
+        }
+
+        /// Snapshot every owner (all records are durable: each append
+        /// waited), then prune.
+        pub fn snapshot(&mut self) -> PruneInfo {
+            let covers = self
+                .wal
+                .as_ref()
+                .expect("writer running")
+                .pipeline
+                .next_lsn();
+            let owners: Vec<OwnerSnapshot> = self
+                .owners
+                .iter()
+                .map(|(o, (s, last))| {
+                    let (items, keys) = s.snapshot_view();
+                    OwnerSnapshot {
+                        owner: o.clone(),
+                        last_lsn: *last,
+                        items,
+                        keys,
+                    }
+                })
+                .collect();
+            write_snapshot(&self.dir, covers, owners).expect("write snapshot");
+            prune(&self.dir).expect("prune")
+        }
+
+        /// The live states as views, after dropping keys expired at `now`
+        /// (recovery sweeps them too).
+        pub fn live_views(&mut self, now: Micros) -> BTreeMap<OwnerId, View> {
+            for (s, _) in self.owners.values_mut() {
+                s.keys.sweep(now, usize::MAX);
+            }
+            views(self.owners.iter().map(|(o, (s, _))| (o, s)))
+        }
+
+        pub fn shutdown(&mut self) {
+            if let Some(mut wal) = self.wal.take() {
+                wal.shutdown().expect("clean shutdown");
+            }
+            self.lock = None;
+        }
+    }
+}
