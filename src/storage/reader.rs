@@ -145,9 +145,12 @@ where
     Ok(report)
 }
 
+/// A record with the file and offset it was read from.
+pub type LocatedRecord = (Record, PathBuf, u64);
+
 /// Every record of `dir` with its file and offset (tools and tests; recovery
 /// streams with `scan_dir` instead).
-pub fn read_all(dir: &Path) -> Result<(Vec<(Record, PathBuf, u64)>, ScanReport), Error> {
+pub fn read_all(dir: &Path) -> Result<(Vec<LocatedRecord>, ScanReport), Error> {
     let mut records = Vec::new();
     let report = scan_dir(dir, |r, file, offset| {
         records.push((r, file.to_owned(), offset));
