@@ -460,10 +460,10 @@ fn step_strategy() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn recovered_state_always_equals_the_model(steps in proptest::collection::vec(step_strategy(), 1..40)) {
+    fn recovered_state_always_equals_the_model(steps in proptest::collection::vec(step_strategy(), 1..60)) {
         // Goal: whatever the sequence of commands (valid and invalid, with
         // and without idempotency keys), snapshots and restarts, what the
         // directory recovers to is what was acknowledged. Method: run each
