@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::codec::Record;
-use super::error::{io_at, Error};
+use super::error::io_at;
+/// Re-exported so callers can name the error where they call `recover`.
+pub use super::error::Error;
 use super::reader::{self, ScanReport, TornTail};
 use super::segment::sync_dir;
 use super::snapshot::{self, LoadedSnapshot};
@@ -91,16 +93,23 @@ pub struct RecoveryReport {
     pub duration: Duration,
 }
 
-/// The state recovered from a data directory.
+/// The state recovered from a data directory, with the directory's lock.
 #[derive(Debug)]
 pub struct Recovered {
     pub owners: HashMap<OwnerId, RecoveredOwner>,
     /// The LSN the WAL writer starts at (its first segment's name).
     pub next_lsn: u64,
     pub report: RecoveryReport,
-    /// The directory lock (`recover`); `None` from `recover_readonly`. Keep
-    /// it alive as long as the server writes to the directory.
-    pub lock: Option<DirLock>,
+    /// Keep this alive as long as the server writes to the directory.
+    pub lock: DirLock,
+}
+
+/// What `recover_readonly` returns: the same state, no lock, nothing cut.
+#[derive(Debug)]
+pub struct RecoveredState {
+    pub owners: HashMap<OwnerId, RecoveredOwner>,
+    pub next_lsn: u64,
+    pub report: RecoveryReport,
 }
 
 /// Recover `dir` (created if missing) for writing: lock, load, replay, cut
@@ -108,19 +117,24 @@ pub struct Recovered {
 pub fn recover(dir: &Path, now: Micros) -> Result<Recovered, Error> {
     fs::create_dir_all(dir).map_err(io_at(dir))?;
     let lock = lock_dir(dir)?;
-    let (mut recovered, scan) = replay(dir, now)?;
-    repair(dir, &scan, &mut recovered.report)?;
-    recovered.lock = Some(lock);
-    Ok(recovered)
+    let (mut state, scan) = replay(dir, now)?;
+    repair(dir, &scan, &mut state.report)?;
+    Ok(Recovered {
+        owners: state.owners,
+        next_lsn: state.next_lsn,
+        report: state.report,
+        lock,
+    })
 }
 
 /// The same state `recover` would produce, without locking or changing
-/// anything (tools; tests that look at a live directory).
-pub fn recover_readonly(dir: &Path, now: Micros) -> Result<Recovered, Error> {
+/// anything (tools; tests that look at a live directory). A torn tail is
+/// reported in `report.torn` but not cut.
+pub fn recover_readonly(dir: &Path, now: Micros) -> Result<RecoveredState, Error> {
     Ok(replay(dir, now)?.0)
 }
 
-fn replay(dir: &Path, now: Micros) -> Result<(Recovered, ScanReport), Error> {
+fn replay(dir: &Path, now: Micros) -> Result<(RecoveredState, ScanReport), Error> {
     let started = Instant::now();
     let snap = snapshot::load_newest(dir)?;
     let mut r = Replayer::new(snap.as_ref())?;
@@ -139,11 +153,10 @@ fn replay(dir: &Path, now: Micros) -> Result<(Recovered, ScanReport), Error> {
     report.records_skipped = r.skipped;
     report.torn = scan.torn.clone();
     report.duration = started.elapsed();
-    let recovered = Recovered {
+    let recovered = RecoveredState {
         owners: r.owners,
         next_lsn,
         report,
-        lock: None,
     };
     Ok((recovered, scan))
 }

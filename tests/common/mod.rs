@@ -355,7 +355,7 @@ mod harness {
                 .into_iter()
                 .map(|(o, r)| (o, (r.state, r.last_lsn)))
                 .collect();
-            self.lock = lock;
+            self.lock = Some(lock);
             self.wal = Some(start_wal(
                 DirDisk::new(&self.dir),
                 next_lsn,
