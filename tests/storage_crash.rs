@@ -1,7 +1,7 @@
 //! Crash tests for the WAL: torn tails, bit flips, power cuts with an
 //! in-memory disk that forgets what was not synced, and injected I/O errors.
 
-mod common;
+mod storage_common;
 
 use std::collections::HashMap;
 use std::fs;
@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use storage_common::*;
 use countiq::domain::Event;
 use countiq::storage::codec::{encode_record, Record};
 use countiq::storage::pipeline::{Failed, Pipeline, Waiter};

@@ -2,13 +2,13 @@
 //! recovery of the whole log; proptest sequences of commands, snapshots and
 //! restarts against a `BTreeMap` model; and the golden files of format v1.
 
-mod common;
+mod storage_common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use storage_common::*;
 use countiq::domain::idempotency::{Fingerprint, IdemKey, StoredResponse};
 use countiq::domain::{
     Command, Ctx, Delta, Item, ItemName, Outcome, OwnerId, Precondition, Qty, Rejection, TxOp,
