@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use storage_common::*;
 use countiq::domain::Event;
 use countiq::storage::codec::{encode_record, Record};
 use countiq::storage::pipeline::{Failed, Pipeline, Waiter};
@@ -21,6 +20,7 @@ use countiq::storage::wal::{FsyncPolicy, Wal, WalConfig};
 use countiq::storage::Error;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use storage_common::*;
 
 #[test]
 fn torn_tail_at_every_offset_keeps_exactly_the_complete_prefix() {
@@ -64,7 +64,7 @@ fn torn_tail_at_every_offset_keeps_exactly_the_complete_prefix() {
         let extra = Event::Created(item(99, "after restart", 1, 1, 99));
         append_durable(&wal, &owner("alice"), Some(&extra), None).unwrap();
         let mut wal = wal;
-        wal.shutdown().unwrap();
+        stop_wal(&mut wal).unwrap();
         let again = recover(dir.path(), 0)
             .unwrap_or_else(|e| panic!("second recovery after cut at {cut}: {e}"));
         assert_eq!(again.next_lsn, kept as u64 + 2, "cut at {cut}");
@@ -199,7 +199,7 @@ fn power_cut_run(
         });
     }
     stop.store(true, Ordering::Relaxed);
-    wal.shutdown().unwrap();
+    stop_wal(&mut wal).unwrap();
     let mut owner_of = HashMap::new();
     for t in threads {
         let (o, lsns) = t.join().unwrap();
@@ -343,7 +343,7 @@ fn fault_case(op: FaultOp, nth: u64, errno: i32) {
         .into_iter()
         .flat_map(|t| t.join().unwrap())
         .collect();
-    let shutdown = wal.shutdown();
+    let shutdown = stop_wal(&mut wal);
 
     let what = format!("{op:?} #{nth} errno {errno}");
     assert!(

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
 
-use storage_common::*;
 use countiq::domain::idempotency::{Fingerprint, IdemKey, StoredResponse};
 use countiq::domain::{
     Command, Ctx, Delta, Item, ItemName, Outcome, OwnerId, Precondition, Qty, Rejection, TxOp,
@@ -24,6 +23,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
+use storage_common::*;
 use uuid::Uuid;
 
 // ---- abstract commands, resolved against the live state ---------------------

@@ -203,6 +203,14 @@ pub fn start_wal<D: LogDisk>(
     .expect("start the WAL writer")
 }
 
+/// Stop a writer. Takes `&mut` so callers compile whether `Wal::shutdown`
+/// takes `&mut self` or `&self`.
+pub fn stop_wal<W: countiq::storage::pipeline::Waiter + Send + 'static>(
+    wal: &mut Wal<W>,
+) -> std::io::Result<()> {
+    wal.shutdown()
+}
+
 /// Append one record through the pipeline and wait until it is durable.
 pub fn append_durable(
     wal: &Wal<ChanWaiter>,
@@ -341,7 +349,7 @@ mod harness {
         /// states, start a new writer. Returns the recovery result's views.
         pub fn restart(&mut self, now: Micros) -> (BTreeMap<OwnerId, View>, u64) {
             if let Some(mut wal) = self.wal.take() {
-                wal.shutdown().expect("clean shutdown");
+                stop_wal(&mut wal).expect("clean shutdown");
             }
             self.lock = None;
             let Recovered {
@@ -452,7 +460,7 @@ mod harness {
 
         pub fn shutdown(&mut self) {
             if let Some(mut wal) = self.wal.take() {
-                wal.shutdown().expect("clean shutdown");
+                stop_wal(&mut wal).expect("clean shutdown");
             }
             self.lock = None;
         }
