@@ -19,7 +19,6 @@ use countiq::domain::{Command, Delta, ItemName, Outcome, OwnerId, Qty, TxOp};
 use countiq::node::{Node, NodeConfig};
 use countiq::storage::wal::FsyncPolicy;
 use hdrhistogram::Histogram;
-use uuid::Uuid;
 
 struct Row {
     label: String,

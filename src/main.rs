@@ -35,6 +35,26 @@ enum Command {
     Token(TokenArgs),
     /// Drive load against a running server and check correctness at the end.
     Load(countiq::load::LoadArgs),
+    /// Inspect a data directory's log and snapshots (read-only).
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalCommand {
+    /// Read every segment and snapshot; report records, LSN range, torn tail
+    /// or corruption. Changes nothing. Exit 1 if anything is wrong.
+    Verify {
+        #[arg(long, env = "COUNTIQ_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Print every record, one line each. Changes nothing.
+    Dump {
+        #[arg(long, env = "COUNTIQ_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -134,6 +154,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(args),
         Command::Token(args) => run_token(args),
         Command::Load(args) => run_load(args),
+        Command::Wal { command } => run_wal(command),
     };
     match result {
         Ok(code) => code,
@@ -208,6 +229,25 @@ fn run_load(args: countiq::load::LoadArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn run_wal(command: WalCommand) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match command {
+        WalCommand::Verify { data_dir } => {
+            let report = countiq::storage::tools::verify(&data_dir, &mut out)?;
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        WalCommand::Dump { data_dir } => {
+            countiq::storage::tools::dump(&data_dir, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {

@@ -70,7 +70,7 @@ pub struct Node {
     checkpoint_lock: tokio::sync::Mutex<u64>,
     checkpointer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held for the node's life: the data dir's exclusive lock.
-    _lock: std::fs::File,
+    _lock: crate::storage::recovery::DirLock,
 }
 
 impl Node {

@@ -162,7 +162,7 @@ fn args(url: &str, extra: &[&str]) -> countiq::load::LoadArgs {
         "--duration",
         RUN,
         "--jwt-secret",
-        "test-secret",
+        "test-secret-0123456789abcdef0123456789",
         "--timeout",
         "5s",
     ]);

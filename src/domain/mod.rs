@@ -347,6 +347,60 @@ impl OwnerState {
         }
     }
 
+    /// Whether `evolve(event)` would be valid here, without changing
+    /// anything. Replay calls this first, so a checksum-valid record that
+    /// does not fit the state (a log that does not belong to it, or a bug)
+    /// becomes an error naming the record instead of a panic. It mirrors
+    /// `evolve`'s assertions and adds what `decide` guarantees: versions
+    /// advance by one, a rename does not take another item's name, a
+    /// transaction touches each item once.
+    pub fn check_event(&self, event: &Event) -> Result<(), String> {
+        match event {
+            Event::Created(item) => {
+                if self.items.contains_key(&item.id) {
+                    return Err(format!("created item {} already exists", item.id));
+                }
+                if self.names.contains_key(&item.name.unique_key()) {
+                    return Err(format!("created item's name {:?} is taken", item.name));
+                }
+                if item.version != 1 {
+                    return Err(format!("created item has version {}", item.version));
+                }
+                Ok(())
+            }
+            Event::Replaced(item) => {
+                let old = self.existing_for_event(&item.id)?;
+                check_next_version(old, item.version)?;
+                match self.names.get(&item.name.unique_key()) {
+                    Some(holder) if *holder != item.id => {
+                        Err(format!("replaced item's name {:?} is taken", item.name))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Event::QtySet { change, .. } => {
+                check_next_version(self.existing_for_event(&change.id)?, change.version)
+            }
+            Event::Deleted { id } => self.existing_for_event(id).map(|_| ()),
+            Event::Transacted { changes, .. } => {
+                let mut seen = BTreeSet::new();
+                for change in changes {
+                    if !seen.insert(change.id) {
+                        return Err(format!("transaction changes item {} twice", change.id));
+                    }
+                    check_next_version(self.existing_for_event(&change.id)?, change.version)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn existing_for_event(&self, id: &Uuid) -> Result<&Item, String> {
+        self.items
+            .get(id)
+            .ok_or_else(|| format!("item {id} does not exist"))
+    }
+
     /// Apply an accepted event. Used live (after `decide`) and by replay.
     /// Panics on an event that does not fit the state: that is a bug or a
     /// log that does not belong to this state, never bad input.
@@ -447,6 +501,16 @@ impl OwnerState {
         self.names.shrink_to_fit();
         self.keys.shrink();
     }
+}
+
+fn check_next_version(item: &Item, version: u64) -> Result<(), String> {
+    if item.version.checked_add(1) != Some(version) {
+        return Err(format!(
+            "item {} is at version {}, the event sets version {version}",
+            item.id, item.version
+        ));
+    }
+    Ok(())
 }
 
 fn bound_rejection(bound: QtyBound, op_index: Option<u32>) -> Rejection {

@@ -323,3 +323,92 @@ fn from_items_rebuilds_indexes() {
     dup[1].name = dup[0].name.clone();
     assert!(OwnerState::from_items(dup, Default::default()).is_err());
 }
+
+#[test]
+fn check_event_accepts_what_decide_produces_and_refuses_what_evolve_would_panic_on() {
+    // Goal: replay can refuse a misfit event instead of panicking in evolve.
+    // Method: every event decide produces passes check_event; hand-made
+    // events with a missing item, a skipped version, a taken name, a reused
+    // id or a doubly-changed item are refused.
+    let mut s = OwnerState::default();
+    let a = create(&mut s, "milk", 1, 1);
+    let b = create(&mut s, "eggs", 2, 2);
+    let cmds = [
+        Command::Adjust {
+            id: a.id,
+            delta: delta(2),
+            if_match: None,
+        },
+        Command::Replace {
+            id: b.id,
+            name: name("Eggs"),
+            qty: qty(5),
+            if_match: None,
+        },
+        Command::Transact {
+            ops: vec![
+                TxOp {
+                    item: a.id,
+                    delta: delta(1),
+                },
+                TxOp {
+                    item: b.id,
+                    delta: delta(-1),
+                },
+            ],
+        },
+        Command::Create {
+            name: name("flour"),
+            qty: qty(0),
+        },
+        Command::Delete { id: a.id },
+    ];
+    for (n, cmd) in cmds.iter().enumerate() {
+        let ev = s.decide(cmd, ctx(10 + n as u128)).unwrap().unwrap();
+        assert_eq!(s.check_event(&ev), Ok(()), "{ev:?}");
+        s.evolve(&ev);
+    }
+    let b_now = s.get(&b.id).unwrap().clone();
+    let missing = Uuid::from_u128(99);
+    let bad = [
+        Event::Deleted { id: missing },
+        Event::QtySet {
+            change: QtyVersion {
+                id: b.id,
+                qty: qty(1),
+                version: b_now.version + 2,
+            },
+            at: 0,
+        },
+        Event::Created(Item {
+            id: Uuid::from_u128(50),
+            ..b_now.clone()
+        }),
+        Event::Created(Item {
+            name: name("new"),
+            ..b_now.clone()
+        }),
+        Event::Replaced(Item {
+            id: missing,
+            ..b_now.clone()
+        }),
+        Event::Transacted {
+            changes: vec![
+                QtyVersion {
+                    id: b.id,
+                    qty: qty(1),
+                    version: b_now.version + 1,
+                },
+                QtyVersion {
+                    id: b.id,
+                    qty: qty(2),
+                    version: b_now.version + 1,
+                },
+            ],
+            at: 0,
+        },
+    ];
+    for ev in bad {
+        assert!(s.check_event(&ev).is_err(), "{ev:?} must be refused");
+    }
+}

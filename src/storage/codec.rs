@@ -68,7 +68,7 @@ struct RecordV1 {
 }
 
 #[derive(Debug, Encode, Decode)]
-pub(crate) struct ItemV1 {
+struct ItemV1 {
     id: u128,
     name: String,
     qty: u64,
@@ -94,7 +94,7 @@ enum EventV1 {
 }
 
 #[derive(Debug, Encode, Decode)]
-pub(crate) struct KeyRecordV1 {
+struct KeyRecordV1 {
     key: String,
     fingerprint: [u8; 32],
     response: ResponseV1,
@@ -378,27 +378,234 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, CodecError> {
     })
 }
 
-// ---- snapshot pieces (used by storage::snapshot) ---------------------------
+// ---- frames ----------------------------------------------------------------
 
-/// Encode any value with the codec's configuration (snapshot sections).
-pub(crate) fn encode_into<T: Encode>(value: &T, out: &mut Vec<u8>) {
-    value.encode_to(out);
+/// What the bytes at some offset hold, as far as the framing can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameParse<'a> {
+    /// A whole frame whose CRC matches: `payload`, and the frame's total size.
+    Complete {
+        payload: &'a [u8],
+        frame_bytes: usize,
+    },
+    /// The buffer ends before the frame does (a torn write looks like this).
+    Incomplete,
+    /// The length field is 0 or above the caller's limit.
+    BadLength(u32),
+    /// Length plausible, checksum wrong.
+    BadCrc,
 }
 
-/// Decode one value from the front of `bytes`; returns it and the bytes used.
-pub(crate) fn decode_from<T: Decode<()>>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
-    Ok(bincode::decode_from_slice(
-        bytes,
-        CONFIG.with_limit::<RECORD_BYTES_MAX>(),
-    )?)
+/// Parse the frame at the front of `buf`; `payload_max` bounds the length
+/// field so a corrupt length never makes a reader wait for or allocate
+/// gigabytes.
+pub fn parse_frame(buf: &[u8], payload_max: usize) -> FrameParse<'_> {
+    if buf.len() < FRAME_HEADER_BYTES {
+        return FrameParse::Incomplete;
+    }
+    let len_bytes: [u8; 4] = buf[0..4].try_into().expect("4 bytes");
+    let len = u32::from_le_bytes(len_bytes);
+    if len == 0 || len as usize > payload_max {
+        return FrameParse::BadLength(len);
+    }
+    let frame_bytes = FRAME_HEADER_BYTES + len as usize;
+    if buf.len() < frame_bytes {
+        return FrameParse::Incomplete;
+    }
+    let payload = &buf[FRAME_HEADER_BYTES..frame_bytes];
+    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+    // The `broken-skip-crc` feature exists only to prove that the tests
+    // notice a reader that trusts unchecked bytes.
+    if !cfg!(feature = "broken-skip-crc") && crc != frame_crc(&len_bytes, payload) {
+        return FrameParse::BadCrc;
+    }
+    FrameParse::Complete {
+        payload,
+        frame_bytes,
+    }
 }
 
-pub(crate) fn item_v1(item: &Item) -> ItemV1 {
-    item.into()
+/// Append `payload` as one frame (len, crc, payload) to `out`.
+pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
+    let len = u32::try_from(payload.len()).expect("frame payload fits in u32");
+    let len_bytes = len.to_le_bytes();
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&frame_crc(&len_bytes, payload).to_le_bytes());
+    out.extend_from_slice(payload);
 }
 
-pub(crate) fn key_v1(key: &KeyRecord) -> KeyRecordV1 {
-    key.into()
+// ---- snapshot frames (used by storage::snapshot) ---------------------------
+//
+// A snapshot frame payload is a one-byte kind followed by bincode values:
+//
+//   1 Owner    SnapOwnerV1 { owner, last_lsn, items, keys }
+//   2 Items    u32 count, then count × ItemV1
+//   3 Keys     u32 count, then count × KeyRecordV1
+//   4 Trailer  SnapTrailerV1 { owners, items, keys }
+
+/// Most items or keys in one snapshot frame.
+pub const SNAP_CHUNK_ELEMS_MAX: u32 = 4096;
+/// Largest snapshot frame payload: a chunk is closed before it would grow
+/// past this, and one element (≤ one record) always fits.
+pub const SNAP_FRAME_BYTES_MAX: usize = 4 * RECORD_BYTES_MAX;
+
+const SNAP_KIND_OWNER: u8 = 1;
+const SNAP_KIND_ITEMS: u8 = 2;
+const SNAP_KIND_KEYS: u8 = 3;
+const SNAP_KIND_TRAILER: u8 = 4;
+
+#[derive(Debug, Encode, Decode)]
+struct SnapOwnerV1 {
+    owner: String,
+    last_lsn: u64,
+    items: u64,
+    keys: u64,
+}
+
+#[derive(Debug, Encode, Decode)]
+struct SnapTrailerV1 {
+    owners: u64,
+    items: u64,
+    keys: u64,
+}
+
+/// The header frame of one owner's section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapOwner {
+    pub owner: OwnerId,
+    /// The owner's last applied LSN: its state reflects exactly its records
+    /// with LSN ≤ this.
+    pub last_lsn: u64,
+    /// Items and keys that follow in this section (truncation check).
+    pub items: u64,
+    pub keys: u64,
+}
+
+/// The last frame of a snapshot: totals, so a cut-off file is detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapTrailer {
+    pub owners: u64,
+    pub items: u64,
+    pub keys: u64,
+}
+
+/// Which elements a chunk frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapChunk {
+    Items,
+    Keys,
+}
+
+/// One decoded snapshot frame.
+#[derive(Debug)]
+pub enum SnapFrame {
+    Owner(SnapOwner),
+    Items(Vec<Item>),
+    Keys(Vec<KeyRecord>),
+    Trailer(SnapTrailer),
+}
+
+pub fn encode_snap_owner(h: &SnapOwner, out: &mut Vec<u8>) {
+    out.push(SNAP_KIND_OWNER);
+    SnapOwnerV1 {
+        owner: h.owner.as_str().to_owned(),
+        last_lsn: h.last_lsn,
+        items: h.items,
+        keys: h.keys,
+    }
+    .encode_to(out);
+}
+
+pub fn encode_snap_trailer(t: &SnapTrailer, out: &mut Vec<u8>) {
+    out.push(SNAP_KIND_TRAILER);
+    SnapTrailerV1 {
+        owners: t.owners,
+        items: t.items,
+        keys: t.keys,
+    }
+    .encode_to(out);
+}
+
+/// Append one item (a chunk element) to `out`.
+pub fn encode_snap_item(item: &Item, out: &mut Vec<u8>) {
+    ItemV1::from(item).encode_to(out);
+}
+
+/// Append one key record (a chunk element) to `out`.
+pub fn encode_snap_key(key: &KeyRecord, out: &mut Vec<u8>) {
+    KeyRecordV1::from(key).encode_to(out);
+}
+
+/// A chunk payload: kind, count, then `body` (count encoded elements).
+pub fn encode_snap_chunk(kind: SnapChunk, count: u32, body: &[u8], out: &mut Vec<u8>) {
+    assert!(
+        (1..=SNAP_CHUNK_ELEMS_MAX).contains(&count),
+        "chunk of {count} elements"
+    );
+    out.push(match kind {
+        SnapChunk::Items => SNAP_KIND_ITEMS,
+        SnapChunk::Keys => SNAP_KIND_KEYS,
+    });
+    count.encode_to(out);
+    out.extend_from_slice(body);
+}
+
+fn decode_one<T: Decode<()>>(bytes: &[u8], at: &mut usize) -> Result<T, CodecError> {
+    let (value, used) =
+        bincode::decode_from_slice(&bytes[*at..], CONFIG.with_limit::<RECORD_BYTES_MAX>())?;
+    *at += used;
+    Ok(value)
+}
+
+fn decode_chunk<V: Decode<()>, T: TryFrom<V, Error = CodecError>>(
+    payload: &[u8],
+    at: &mut usize,
+) -> Result<Vec<T>, CodecError> {
+    let count: u32 = decode_one(payload, at)?;
+    if !(1..=SNAP_CHUNK_ELEMS_MAX).contains(&count) {
+        return Err(CodecError::Invalid("snapshot chunk element count"));
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        out.push(decode_one::<V>(payload, at)?.try_into()?);
+    }
+    Ok(out)
+}
+
+/// Decode a snapshot frame payload whose CRC has been checked.
+pub fn decode_snap_frame(payload: &[u8]) -> Result<SnapFrame, CodecError> {
+    let (&kind, _) = payload
+        .split_first()
+        .ok_or(CodecError::Invalid("empty snapshot frame"))?;
+    let mut at = 1;
+    let frame = match kind {
+        SNAP_KIND_OWNER => {
+            let h: SnapOwnerV1 = decode_one(payload, &mut at)?;
+            SnapFrame::Owner(SnapOwner {
+                owner: OwnerId::new(&h.owner).map_err(|_| CodecError::Invalid("owner id"))?,
+                last_lsn: h.last_lsn,
+                items: h.items,
+                keys: h.keys,
+            })
+        }
+        SNAP_KIND_ITEMS => SnapFrame::Items(decode_chunk::<ItemV1, Item>(payload, &mut at)?),
+        SNAP_KIND_KEYS => {
+            SnapFrame::Keys(decode_chunk::<KeyRecordV1, KeyRecord>(payload, &mut at)?)
+        }
+        SNAP_KIND_TRAILER => {
+            let t: SnapTrailerV1 = decode_one(payload, &mut at)?;
+            SnapFrame::Trailer(SnapTrailer {
+                owners: t.owners,
+                items: t.items,
+                keys: t.keys,
+            })
+        }
+        _ => return Err(CodecError::Invalid("unknown snapshot frame kind")),
+    };
+    if at != payload.len() {
+        return Err(CodecError::Trailing(payload.len() - at));
+    }
+    Ok(frame)
 }
 
 #[cfg(test)]

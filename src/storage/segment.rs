@@ -85,6 +85,9 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// An open segment the writer appends to.
+// `len` is a size in bytes that is never zero (the header), not a collection
+// length: an `is_empty` would always be false.
+#[allow(clippy::len_without_is_empty)]
 pub trait SegmentFile: Send {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
     fn sync_data(&mut self) -> io::Result<()>;

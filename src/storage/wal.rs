@@ -132,7 +132,13 @@ struct Writer<D, W> {
 
 impl<D: LogDisk, W: Waiter> Writer<D, W> {
     fn run(mut self) -> io::Result<()> {
-        let mut segment = match self.disk.create_segment(self.pipeline.next_lsn()) {
+        // The first segment is named after the first LSN not yet durable.
+        // Not `next_lsn()`: appends may already have happened by the time
+        // this thread runs, and a segment must be named after the LSN of
+        // its first record. Nothing is durable before the writer's first
+        // batch, so `durable + 1` is the pipeline's starting LSN.
+        let first_lsn = self.pipeline.durable_lsn() + 1;
+        let mut segment = match self.disk.create_segment(first_lsn) {
             Ok(s) => s,
             Err(e) => return Err(self.fail_empty(e)),
         };

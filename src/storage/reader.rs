@@ -1,0 +1,329 @@
+//! Reading the log back: every segment of a data directory, in LSN order,
+//! with the checks that decide between "a crash cut this short" and "these
+//! bytes are damaged".
+//!
+//! The rules (raft-engine's, stated here because recovery relies on them):
+//! - LSNs are contiguous: +1 per record, within a segment and across
+//!   segments (a segment starts at the LSN after the previous one's last).
+//!   A gap is corruption.
+//! - A frame that is incomplete, has an impossible length or a wrong CRC is a
+//!   *torn tail* only if it is in the LAST segment and no CRC-valid frame
+//!   starts at any later offset of that file. The writer appends, so a crash
+//!   can only leave garbage at the very end; garbage followed by a valid
+//!   frame means bytes changed after they were written.
+//! - Anything else (a bad frame in an earlier segment, a bad frame followed by
+//!   a valid one, a CRC-valid frame that does not decode or has the wrong
+//!   LSN, a bad header) is `Error::Corrupt`/`Format`/`Version`, naming the
+//!   file, the offset and the LSN where known. Nothing is skipped silently.
+//! - The one header exception: the last segment shorter than a header (or a
+//!   header-sized file of zeros) is a crash right after the file was created:
+//!   a torn tail covering the whole file.
+//!
+//! This module only reads. Cutting a torn tail off (truncate + fsync) is
+//! recovery's job, so `wal verify` can use the same scan without changing
+//! anything.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::codec::{self, FrameParse, Record, RECORD_BYTES_MAX};
+use super::error::{io_at, Error};
+use super::segment::{self, HeaderError, SEGMENT_HEADER_BYTES, SEGMENT_VERSION};
+
+/// A segment file found in the data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentEntry {
+    pub path: PathBuf,
+    /// The first LSN, from the file name (the header must agree).
+    pub first_lsn: u64,
+}
+
+/// What one segment held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub path: PathBuf,
+    pub first_lsn: u64,
+    /// Valid records in the file.
+    pub records: u64,
+    /// Bytes up to the end of the last valid record (header included).
+    pub valid_bytes: u64,
+    /// The file's size on disk.
+    pub file_bytes: u64,
+}
+
+/// The unusable end of the last segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub file: PathBuf,
+    /// Where the garbage starts (0 when the header itself is torn).
+    pub offset: u64,
+    /// How many bytes are cut.
+    pub bytes: u64,
+    /// What the first bad frame looked like.
+    pub reason: String,
+    /// The header is torn: the whole file holds nothing.
+    pub header: bool,
+}
+
+/// The result of a scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Every segment, in LSN order.
+    pub segments: Vec<SegmentSummary>,
+    /// Valid records across all segments.
+    pub records: u64,
+    pub first_lsn: Option<u64>,
+    pub last_lsn: Option<u64>,
+    pub torn: Option<TornTail>,
+}
+
+/// The segments in `dir`, sorted by first LSN. A missing directory has none.
+pub fn list_segments(dir: &Path) -> Result<Vec<SegmentEntry>, Error> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_at(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(first_lsn) = segment::parse_segment_name(name) {
+            out.push(SegmentEntry {
+                path: entry.path(),
+                first_lsn,
+            });
+        }
+    }
+    out.sort_by_key(|s| s.first_lsn);
+    Ok(out)
+}
+
+/// Scan every segment of `dir` in LSN order, calling `visit(record, file,
+/// offset)` for each valid record. Read-only. Stops at the first error
+/// (including one returned by `visit`).
+pub fn scan_dir<F>(dir: &Path, mut visit: F) -> Result<ScanReport, Error>
+where
+    F: FnMut(Record, &Path, u64) -> Result<(), Error>,
+{
+    let segments = list_segments(dir)?;
+    let mut report = ScanReport::default();
+    let mut expected: Option<u64> = None;
+    for (i, entry) in segments.iter().enumerate() {
+        let is_last = i + 1 == segments.len();
+        let bytes = fs::read(&entry.path).map_err(io_at(&entry.path))?;
+        if let Some(want) = expected {
+            if entry.first_lsn != want {
+                return Err(Error::corrupt(
+                    &entry.path,
+                    0,
+                    Some(want),
+                    format!(
+                        "LSN gap between segments: expected the next segment to start at {want}, it starts at {}",
+                        entry.first_lsn
+                    ),
+                ));
+            }
+        }
+        let seg = SegmentScan {
+            path: &entry.path,
+            bytes: &bytes,
+            first_lsn: entry.first_lsn,
+            is_last,
+        };
+        let (summary, torn) = seg.scan(&mut visit)?;
+        if summary.records > 0 {
+            report.first_lsn.get_or_insert(summary.first_lsn);
+            report.last_lsn = Some(summary.first_lsn + summary.records - 1);
+        }
+        report.records += summary.records;
+        expected = Some(summary.first_lsn + summary.records);
+        report.segments.push(summary);
+        report.torn = torn;
+    }
+    Ok(report)
+}
+
+/// A record with the file and offset it was read from.
+pub type LocatedRecord = (Record, PathBuf, u64);
+
+/// Every record of `dir` with its file and offset (tools and tests; recovery
+/// streams with `scan_dir` instead).
+pub fn read_all(dir: &Path) -> Result<(Vec<LocatedRecord>, ScanReport), Error> {
+    let mut records = Vec::new();
+    let report = scan_dir(dir, |r, file, offset| {
+        records.push((r, file.to_owned(), offset));
+        Ok(())
+    })?;
+    Ok((records, report))
+}
+
+/// One segment's bytes and what we know about it.
+struct SegmentScan<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+    first_lsn: u64,
+    is_last: bool,
+}
+
+impl SegmentScan<'_> {
+    fn scan<F>(&self, visit: &mut F) -> Result<(SegmentSummary, Option<TornTail>), Error>
+    where
+        F: FnMut(Record, &Path, u64) -> Result<(), Error>,
+    {
+        let mut summary = SegmentSummary {
+            path: self.path.to_owned(),
+            first_lsn: self.first_lsn,
+            records: 0,
+            valid_bytes: 0,
+            file_bytes: self.bytes.len() as u64,
+        };
+        if let Some(torn) = self.check_header()? {
+            return Ok((summary, Some(torn)));
+        }
+        let mut offset = SEGMENT_HEADER_BYTES;
+        let mut lsn = self.first_lsn;
+        while offset < self.bytes.len() {
+            match codec::parse_frame(&self.bytes[offset..], RECORD_BYTES_MAX) {
+                FrameParse::Complete {
+                    payload,
+                    frame_bytes,
+                } => {
+                    let record = self.decode(payload, offset, lsn)?;
+                    visit(record, self.path, offset as u64)?;
+                    lsn += 1;
+                    summary.records += 1;
+                    offset += frame_bytes;
+                }
+                bad => {
+                    summary.valid_bytes = offset as u64;
+                    let torn = self.bad_frame(bad, offset, lsn)?;
+                    return Ok((summary, Some(torn)));
+                }
+            }
+        }
+        summary.valid_bytes = offset as u64;
+        Ok((summary, None))
+    }
+
+    /// `Ok(Some(torn))` when the last segment's header was never completely
+    /// written; `Ok(None)` when the header is good.
+    fn check_header(&self) -> Result<Option<TornTail>, Error> {
+        let len = self.bytes.len();
+        let never_written = len < SEGMENT_HEADER_BYTES
+            || (len == SEGMENT_HEADER_BYTES && self.bytes.iter().all(|&b| b == 0));
+        if never_written {
+            if self.is_last {
+                return Ok(Some(TornTail {
+                    file: self.path.to_owned(),
+                    offset: 0,
+                    bytes: len as u64,
+                    reason: format!("segment header torn ({len} of {SEGMENT_HEADER_BYTES} bytes)"),
+                    header: true,
+                }));
+            }
+            return Err(Error::corrupt(
+                self.path,
+                0,
+                Some(self.first_lsn),
+                "segment header torn in a segment that is not the last",
+            ));
+        }
+        let first = match segment::decode_header(self.bytes) {
+            Ok(first) => first,
+            Err(HeaderError::Version(found)) => {
+                return Err(Error::Version {
+                    file: self.path.to_owned(),
+                    found,
+                    supported: SEGMENT_VERSION,
+                })
+            }
+            Err(HeaderError::Magic) => {
+                return Err(Error::Format {
+                    file: self.path.to_owned(),
+                    reason: "bad segment magic".into(),
+                })
+            }
+            Err(e) => return Err(Error::corrupt(self.path, 0, None, e.to_string())),
+        };
+        if first != self.first_lsn {
+            return Err(Error::corrupt(
+                self.path,
+                0,
+                Some(self.first_lsn),
+                format!(
+                    "header says first LSN {first}, the file name says {}",
+                    self.first_lsn
+                ),
+            ));
+        }
+        Ok(None)
+    }
+
+    /// A CRC-valid frame: it must decode and carry the expected LSN.
+    fn decode(&self, payload: &[u8], offset: usize, lsn: u64) -> Result<Record, Error> {
+        let record = codec::decode_payload(payload).map_err(|e| {
+            Error::corrupt(
+                self.path,
+                offset as u64,
+                Some(lsn),
+                format!("checksum-valid record does not decode: {e}"),
+            )
+        })?;
+        if record.lsn != lsn {
+            return Err(Error::corrupt(
+                self.path,
+                offset as u64,
+                Some(record.lsn),
+                format!("LSN gap: expected {lsn}, found {}", record.lsn),
+            ));
+        }
+        Ok(record)
+    }
+
+    /// A frame that is not valid: a torn tail, or corruption.
+    fn bad_frame(&self, bad: FrameParse<'_>, offset: usize, lsn: u64) -> Result<TornTail, Error> {
+        let reason = match bad {
+            FrameParse::Incomplete => "incomplete record".to_string(),
+            FrameParse::BadLength(len) => format!("impossible record length {len}"),
+            FrameParse::BadCrc => "record checksum mismatch".to_string(),
+            FrameParse::Complete { .. } => unreachable!("a complete frame is not bad"),
+        };
+        if !self.is_last {
+            return Err(Error::corrupt(
+                self.path,
+                offset as u64,
+                Some(lsn),
+                format!("{reason} in a segment that is not the last"),
+            ));
+        }
+        if let Some(later) = find_valid_frame(self.bytes, offset + 1) {
+            return Err(Error::corrupt(
+                self.path,
+                offset as u64,
+                Some(lsn),
+                format!("{reason}, but a valid record follows at offset {later}"),
+            ));
+        }
+        Ok(TornTail {
+            file: self.path.to_owned(),
+            offset: offset as u64,
+            bytes: (self.bytes.len() - offset) as u64,
+            reason,
+            header: false,
+        })
+    }
+}
+
+/// The first offset ≥ `from` where a CRC-valid frame starts, if any. This is
+/// the test that tells a torn tail (nothing valid after it) from damage in
+/// the middle of the log.
+fn find_valid_frame(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len()).find(|&at| {
+        matches!(
+            codec::parse_frame(&bytes[at..], RECORD_BYTES_MAX),
+            FrameParse::Complete { .. }
+        )
+    })
+}
