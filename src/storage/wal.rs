@@ -180,7 +180,11 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
             metrics::counter!("countiq_wal_segments_created_total").increment(1);
         }
         segment.write_all(bytes)?;
-        if self.config.fsync == FsyncPolicy::Always {
+        // The deliberately broken variant acknowledges after the write but
+        // before any sync; the power-cut test must catch it (README).
+        let sync =
+            self.config.fsync == FsyncPolicy::Always && !cfg!(feature = "broken-ack-before-fsync");
+        if sync {
             let started = Instant::now();
             segment.sync_data()?;
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
