@@ -18,3 +18,8 @@ pub mod sync {
 /// The group-commit core, compiled from the service's own source.
 #[path = "../../src/storage/pipeline.rs"]
 pub mod pipeline;
+
+/// The owner activation/parking protocol, compiled from the service's own
+/// source.
+#[path = "../../src/actor/slot.rs"]
+pub mod slot;
