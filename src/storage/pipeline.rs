@@ -23,6 +23,12 @@
 //!    appear in LSN order and each owner's records in its own apply order.
 //!
 //! This file uses only `crate::sync` (std or loom) so loom can check it.
+//!
+//! # Deliberate faults
+//! `Pipeline<W, FAULT>` takes a const parameter that defaults to
+//! [`fault::NONE`]. The loom models instantiate the other values to show
+//! that they catch each bug; every `if FAULT == ..` is on a constant, so the
+//! service's `Pipeline<W>` compiles to exactly the correct code.
 
 use crate::sync::{AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
 
@@ -67,14 +73,34 @@ struct Pending<W> {
     writer_parked: bool,
 }
 
-pub struct Pipeline<W> {
+/// Deliberately broken variants of the pipeline, for the loom models only
+/// (see the module docs). Never instantiate anything but `NONE` in the
+/// service.
+pub mod fault {
+    /// The correct pipeline.
+    pub const NONE: u8 = 0;
+    /// `next_batch` publishes the batch's watermark when it hands the batch
+    /// out, i.e. before the writer's sync (ack before fsync).
+    pub const EARLY_WATERMARK: u8 = 1;
+    /// `when_durable` queues its waiter without waking a parked writer (a
+    /// lost wake-up).
+    pub const SKIP_WAKE: u8 = 2;
+    /// `fail` completes the failed batch's waiters but leaves the queued
+    /// ones in the queue, where no writer will ever take them.
+    pub const FAIL_LEAVES_QUEUED: u8 = 3;
+    /// `next_batch` returns `None` as soon as the pipeline is closing, even
+    /// with records still pending.
+    pub const CLOSE_DROPS_PENDING: u8 = 4;
+}
+
+pub struct Pipeline<W, const FAULT: u8 = { fault::NONE }> {
     pending: Mutex<Pending<W>>,
     work: Condvar,
     /// Highest LSN known durable. Written only by the writer, after sync.
     durable: AtomicU64,
 }
 
-impl<W: Waiter> Pipeline<W> {
+impl<W: Waiter, const FAULT: u8> Pipeline<W, FAULT> {
     /// A pipeline whose first append gets `next_lsn`; everything below it is
     /// already durable (recovered from disk).
     pub fn new(next_lsn: u64) -> Self {
@@ -161,6 +187,9 @@ impl<W: Waiter> Pipeline<W> {
         // queueing anyway is still correct: the writer completes queued
         // waiters in its next round, with or without bytes to write.
         p.waiters.push(waiter);
+        if FAULT == fault::SKIP_WAKE {
+            return;
+        }
         self.wake_writer(p);
     }
 
@@ -179,6 +208,9 @@ impl<W: Waiter> Pipeline<W> {
         debug_assert!(spare.is_empty());
         let mut p = self.lock();
         loop {
+            if FAULT == fault::CLOSE_DROPS_PENDING && p.closing {
+                return None;
+            }
             if p.records > 0 || !p.waiters.is_empty() {
                 break;
             }
@@ -191,6 +223,9 @@ impl<W: Waiter> Pipeline<W> {
         let bytes = std::mem::replace(&mut p.bytes, spare);
         let records = std::mem::take(&mut p.records);
         let waiters = std::mem::take(&mut p.waiters);
+        if FAULT == fault::EARLY_WATERMARK {
+            self.durable.store(p.next_lsn - 1, Ordering::Release);
+        }
         Some(Batch {
             bytes,
             last_lsn: p.next_lsn - 1,
@@ -233,7 +268,11 @@ impl<W: Waiter> Pipeline<W> {
             p.failed = true;
             p.bytes = Vec::new();
             p.records = 0;
-            std::mem::take(&mut p.waiters)
+            if FAULT == fault::FAIL_LEAVES_QUEUED {
+                Vec::new()
+            } else {
+                std::mem::take(&mut p.waiters)
+            }
         };
         let in_batch = batch.map(|b| b.waiters).unwrap_or_default();
         for w in in_batch.into_iter().chain(queued) {
