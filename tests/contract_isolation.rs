@@ -11,6 +11,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use support::{all_items, assert_problem, id_of, Req};
 
+/// Method, path, optional JSON body, extra headers.
+type Case<'a> = (Method, String, Option<String>, Vec<(&'a str, &'a str)>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_owners_item_is_invisible_and_unchanged() {
     let s = TestServer::start().await;
@@ -23,7 +26,7 @@ async fn another_owners_item_is_invisible_and_unchanged() {
 
     for (n, target) in [&mine, &never].into_iter().enumerate() {
         let key = format!("iso-{n}");
-        let cases: Vec<(Method, String, Option<String>, Vec<(&str, &str)>)> = vec![
+        let cases: Vec<Case> = vec![
             (Method::GET, format!("/items/{target}"), None, vec![]),
             (
                 Method::PUT,

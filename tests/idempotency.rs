@@ -563,6 +563,9 @@ async fn malformed_keys_are_400_and_change_nothing() {
     assert_eq!(qty_version(&s, "alice", &id).await, (4, 3));
 }
 
+/// What, Content-Type, body, owner (None: no token).
+type Refusal<'a> = (&'a str, Option<&'a str>, Vec<u8>, Option<&'a str>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_before_the_actor_store_nothing() {
     // Goal: a request refused before the state machine (bad body, bad
@@ -575,7 +578,7 @@ async fn refusals_before_the_actor_store_nothing() {
     let mut expect_qty = 1;
     let mut big = br#"{"delta": 1}"#.to_vec();
     big.resize(64 * 1024 + 1, b' ');
-    let refusals: Vec<(&str, Option<&str>, Vec<u8>, Option<&str>)> = vec![
+    let refusals: Vec<Refusal> = vec![
         (
             "bad json",
             Some("application/json"),
