@@ -141,3 +141,45 @@ async fn racing_first_requests_of_a_new_owner_all_land() {
         assert_eq!(item["version"], 1);
     }
 }
+
+fn tiny_mailbox(c: &mut countiq::node::NodeConfig) {
+    c.actor.mailbox_depth = 1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_sheds_load_without_effect() {
+    // Goal: when the owner's mailbox is full the answer is 503 `overloaded`
+    // with Retry-After, and a shed request has no effect. Method: a mailbox
+    // of depth 1 and 64 concurrent +1 PATCHes; whatever mix of 200 and 503
+    // results, the final qty must equal the number of 200s exactly.
+    let s = Arc::new(TestServer::start_with(tiny_mailbox).await);
+    let id = id_of(&s.create("busy", "counter", 0).await);
+    let start = Arc::new(tokio::sync::Barrier::new(64));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (s, id, start) = (s.clone(), id.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let mut ok = 0u64;
+                for _ in 0..20 {
+                    let r = s.patch("busy", &id, 1).await;
+                    match r.status {
+                        StatusCode::OK => ok += 1,
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            assert_eq!(r.code(), "overloaded", "{}", r.raw);
+                            assert!(r.header("retry-after").is_some(), "Retry-After");
+                        }
+                        other => panic!("unexpected {other}: {}", r.raw),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert_eq!(qty_version(&s, "busy", &id).await, (ok, 1 + ok));
+    eprintln!("tiny mailbox: {ok} of 1280 applied");
+}
