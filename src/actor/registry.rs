@@ -12,6 +12,7 @@
 //!   between lookup and send) → the message comes back in the error and is
 //!   sent again to the next actor: never lost.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -39,6 +40,9 @@ pub(crate) enum Slot {
 pub(crate) struct Inner {
     pub slots: DashMap<OwnerId, Slot>,
     shared: Arc<Shared>,
+    /// Actors started, ever (the `countiq_actor_activations_total` metric,
+    /// readable in-process so tests can prove one activation per owner).
+    activations: AtomicU64,
 }
 
 /// Cloneable entry point to every owner.
@@ -53,8 +57,15 @@ impl Registry {
             inner: Arc::new(Inner {
                 slots: DashMap::new(),
                 shared,
+                activations: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// How many actors this registry has started (activations, including
+    /// restarts of parked owners).
+    pub fn activations(&self) -> u64 {
+        self.inner.activations.load(Ordering::Relaxed)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -79,6 +90,7 @@ impl Registry {
         }
         let start = |state, last_lsn| {
             metrics::counter!("countiq_actor_activations_total").increment(1);
+            self.inner.activations.fetch_add(1, Ordering::Relaxed);
             spawn(
                 owner.clone(),
                 state,
@@ -206,5 +218,88 @@ fn placeholder() -> Parked {
     Parked {
         state: OwnerState::default(),
         last_lsn: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::actor::{ActorConfig, Answer, Request, SystemClock};
+    use crate::domain::{Command, ItemName, OwnerId, Qty};
+    use crate::node::{Node, NodeConfig};
+
+    /// Goal: when 100 first requests of a new owner race, exactly one actor
+    /// starts and every request is applied. Method: a real node on a temp
+    /// dir, 100 concurrent `call`s on a multi-thread runtime, then the
+    /// activation counter and the owner's item count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_first_calls_activate_exactly_one_actor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(dir.path());
+        config.actor = ActorConfig {
+            idle_after: None,
+            ..ActorConfig::default()
+        };
+        config.snapshot_interval = None;
+        let node = Node::open(config, Box::new(SystemClock)).await.unwrap();
+        let owner = OwnerId::new("racer").unwrap();
+        assert_eq!(node.registry().activations(), 0);
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(100));
+        let calls: Vec<_> = (0..100)
+            .map(|i| {
+                let registry = node.registry().clone();
+                let owner = owner.clone();
+                let start = start.clone();
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let cmd = Command::Create {
+                        name: ItemName::new(&format!("item-{i}")).unwrap(),
+                        qty: Qty::new(i).unwrap(),
+                    };
+                    registry
+                        .call(&owner, Request::Write { cmd, key: None })
+                        .await
+                })
+            })
+            .collect();
+        for call in calls {
+            let answer = call.await.unwrap().unwrap();
+            assert!(
+                matches!(
+                    answer,
+                    Answer::Done {
+                        result: Ok(_),
+                        replayed: false
+                    }
+                ),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(node.registry().activations(), 1, "exactly one actor");
+        let page = node
+            .registry()
+            .call(
+                &owner,
+                Request::List {
+                    after: None,
+                    limit: 1000,
+                },
+            )
+            .await
+            .unwrap();
+        let Answer::Page { items, more } = page else {
+            panic!("{page:?}")
+        };
+        assert_eq!(items.len(), 100);
+        assert!(!more);
+        assert_eq!(node.registry().counts(), (1, 1));
+        // A second owner is a second activation, and only one.
+        let other = OwnerId::new("other").unwrap();
+        for _ in 0..3 {
+            node.registry()
+                .call(&other, Request::Get(uuid::Uuid::nil()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(node.registry().activations(), 2);
     }
 }

@@ -96,6 +96,24 @@ impl FromRequestParts<AppState> for Owner {
     }
 }
 
+/// The raw `{id}` path segment. axum's `Path<String>` refuses a segment
+/// that is not UTF-8 after percent-decoding (`/items/%FF`) with a plain 400;
+/// such a segment names no item either, so it becomes the empty id, which
+/// `item_id` turns into 404 (and `DELETE` into 204) like any malformed id.
+pub struct RawId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RawId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let id = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| id)
+            .unwrap_or_default();
+        Ok(RawId(id))
+    }
+}
+
 /// An item id from the path. Anything that is not a UUID names no item: 404.
 pub fn item_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(raw).map_err(|_| ApiError::NotFound)

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use error::{ApiError, PROBLEM_JSON};
-use extract::{idempotency, if_match, item_id, JsonBody, Owner};
+use extract::{idempotency, if_match, item_id, JsonBody, Owner, RawId};
 
 use crate::actor::registry::Registry;
 use crate::actor::{Answer, Request};
@@ -202,7 +202,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn get_item(
     State(s): State<AppState>,
     Owner(owner): Owner,
-    Path(id): Path<String>,
+    RawId(id): RawId,
 ) -> Result<Response, ApiError> {
     let id = item_id(&id)?;
     match s.registry()?.call(&owner, Request::Get(id)).await? {
@@ -268,7 +268,7 @@ async fn create_item(
 async fn replace_item(
     State(s): State<AppState>,
     Owner(owner): Owner,
-    Path(id): Path<String>,
+    RawId(id): RawId,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ReplaceBody>,
 ) -> Result<Response, ApiError> {
@@ -286,7 +286,7 @@ async fn replace_item(
 async fn adjust_qty(
     State(s): State<AppState>,
     Owner(owner): Owner,
-    Path(id): Path<String>,
+    RawId(id): RawId,
     headers: HeaderMap,
     JsonBody(body): JsonBody<AdjustBody>,
 ) -> Result<Response, ApiError> {
@@ -303,7 +303,7 @@ async fn adjust_qty(
 async fn delete_item(
     State(s): State<AppState>,
     Owner(owner): Owner,
-    Path(id): Path<String>,
+    RawId(id): RawId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     // A malformed id names no item: deleting it is the same no-op as

@@ -1,0 +1,447 @@
+//! Goal: the owner actor (registry → actor → domain → log) behaves exactly
+//! like a simple reference model for any sequence of commands. Method:
+//! proptest generates sequences of create (names from a small pool, so
+//! case-insensitive collisions happen), replace (with every kind of
+//! If-Match), adjust (deltas that cross both bounds), delete, transact
+//! (1-5 ops incl. missing ids), get and paged list; each is sent through
+//! `Node::registry().call` without HTTP, and after every step both the
+//! answer and the whole listed state are compared with a `BTreeMap` model.
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use countiq::actor::{ActorConfig, Answer, Request, SystemClock};
+use countiq::domain::{
+    Command, Delta, Item, ItemName, Outcome, OwnerId, Precondition, Qty, Rejection, TxOp,
+};
+use countiq::node::{Node, NodeConfig};
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use uuid::Uuid;
+
+const QTY_MAX: i64 = (1 << 53) - 1;
+const NAMES: &[&str] = &[
+    "milk", "Milk", " MILK ", "eggs", "bread", "Bread", "oat milk",
+];
+
+#[derive(Debug, Clone)]
+enum IfMatch {
+    Absent,
+    Any,
+    Current,
+    Stale,
+    Empty,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Create {
+        name: usize,
+        qty: i64,
+    },
+    Replace {
+        item: Index,
+        name: usize,
+        qty: i64,
+        if_match: IfMatch,
+    },
+    Adjust {
+        item: Index,
+        delta: i64,
+        if_match: IfMatch,
+    },
+    Delete {
+        item: Index,
+    },
+    Transact {
+        ops: Vec<(Index, i64)>,
+    },
+    Get {
+        item: Index,
+    },
+    List {
+        after: Option<Index>,
+        limit: usize,
+    },
+}
+
+/// The model of one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct M {
+    name: String,
+    qty: i64,
+    version: u64,
+}
+
+type Model = BTreeMap<Uuid, M>;
+
+fn qty() -> impl Strategy<Value = i64> {
+    prop_oneof![8 => 0i64..20, 1 => Just(QTY_MAX), 1 => Just(QTY_MAX - 1)]
+}
+
+fn delta() -> impl Strategy<Value = i64> {
+    prop_oneof![8 => -25i64..=25, 1 => Just(QTY_MAX), 1 => Just(-QTY_MAX)]
+}
+
+fn if_match() -> impl Strategy<Value = IfMatch> {
+    prop_oneof![
+        4 => Just(IfMatch::Absent),
+        1 => Just(IfMatch::Any),
+        2 => Just(IfMatch::Current),
+        2 => Just(IfMatch::Stale),
+        1 => Just(IfMatch::Empty),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let name = 0..NAMES.len();
+    prop_oneof![
+        4 => (name.clone(), qty()).prop_map(|(name, qty)| Step::Create { name, qty }),
+        2 => (any::<Index>(), name, qty(), if_match())
+            .prop_map(|(item, name, qty, if_match)| Step::Replace { item, name, qty, if_match }),
+        4 => (any::<Index>(), delta(), if_match())
+            .prop_map(|(item, delta, if_match)| Step::Adjust { item, delta, if_match }),
+        1 => any::<Index>().prop_map(|item| Step::Delete { item }),
+        3 => proptest::collection::vec((any::<Index>(), delta()), 1..=5)
+            .prop_map(|ops| Step::Transact { ops }),
+        1 => any::<Index>().prop_map(|item| Step::Get { item }),
+        1 => (proptest::option::of(any::<Index>()), 1usize..4)
+            .prop_map(|(after, limit)| Step::List { after, limit }),
+    ]
+}
+
+/// Pick an id: one of the items the model holds, a deleted one, or one that
+/// never existed (the last two are the "missing" cases).
+fn pick(model: &Model, gone: &[Uuid], never: Uuid, i: &Index) -> Uuid {
+    let live: Vec<Uuid> = model.keys().copied().collect();
+    let n = live.len() + gone.len() + 1;
+    let k = i.index(n);
+    if k < live.len() {
+        live[k]
+    } else if k < live.len() + gone.len() {
+        gone[k - live.len()]
+    } else {
+        never
+    }
+}
+
+fn key(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+fn taken_by_other(model: &Model, name: &str, me: Option<Uuid>) -> bool {
+    model
+        .iter()
+        .any(|(id, m)| Some(*id) != me && key(&m.name) == key(name))
+}
+
+fn precondition(m: &IfMatch, version: u64) -> Option<Precondition> {
+    match m {
+        IfMatch::Absent => None,
+        IfMatch::Any => Some(Precondition::Any),
+        IfMatch::Current => Some(Precondition::OneOf(vec![version])),
+        IfMatch::Stale => Some(Precondition::OneOf(vec![
+            version + 1,
+            version.saturating_sub(1),
+        ])),
+        IfMatch::Empty => Some(Precondition::OneOf(vec![])),
+    }
+}
+
+fn holds(m: &IfMatch) -> bool {
+    matches!(m, IfMatch::Absent | IfMatch::Any | IfMatch::Current)
+}
+
+fn as_model(item: &Item) -> M {
+    M {
+        name: item.name.as_str().to_string(),
+        qty: item.qty.get() as i64,
+        version: item.version,
+    }
+}
+
+fn bound(qty: i64, delta: i64, op_index: Option<u32>) -> Result<i64, Rejection> {
+    let next = qty + delta;
+    if next < 0 {
+        Err(Rejection::QtyBelowZero { op_index })
+    } else if next > QTY_MAX {
+        Err(Rejection::QtyOverflow { op_index })
+    } else {
+        Ok(next)
+    }
+}
+
+/// The model's transaction: touched ids in first-appearance order, or the
+/// rejection of the first failing op. The model changes only on success.
+fn model_transact(model: &mut Model, ops: &[(Uuid, i64)]) -> Result<Vec<Uuid>, Rejection> {
+    let mut work = model.clone();
+    let mut touched = Vec::new();
+    for (i, (id, delta)) in ops.iter().enumerate() {
+        let op_index = Some(i as u32);
+        let m = work.get_mut(id).ok_or(Rejection::NotFound { op_index })?;
+        if !touched.contains(id) {
+            touched.push(*id);
+            m.version += 1;
+        }
+        m.qty = bound(m.qty, *delta, op_index)?;
+    }
+    *model = work;
+    Ok(touched)
+}
+
+fn mismatch(step: &Step, got: impl std::fmt::Debug, want: impl std::fmt::Debug) -> TestCaseError {
+    TestCaseError::fail(format!("{step:?}: got {got:?}, model wants {want:?}"))
+}
+
+struct Harness {
+    node: std::sync::Arc<Node>,
+    owner: OwnerId,
+}
+
+impl Harness {
+    async fn call(&self, req: Request) -> Answer {
+        self.node
+            .registry()
+            .call(&self.owner, req)
+            .await
+            .expect("call")
+    }
+
+    async fn write(&self, cmd: Command) -> Result<Outcome, Rejection> {
+        match self.call(Request::Write { cmd, key: None }).await {
+            Answer::Done { result, replayed } => {
+                assert!(!replayed);
+                result
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn list_all(&self) -> Vec<Item> {
+        match self
+            .call(Request::List {
+                after: None,
+                limit: 1000,
+            })
+            .await
+        {
+            Answer::Page { items, more } => {
+                assert!(!more);
+                items
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut model = Model::new();
+    let mut gone: Vec<Uuid> = Vec::new();
+    let never = Uuid::now_v7();
+    for step in steps {
+        match &step {
+            Step::Create { name, qty } => {
+                let name = NAMES[*name];
+                let cmd = Command::Create {
+                    name: ItemName::new(name).unwrap(),
+                    qty: Qty::new(*qty).unwrap(),
+                };
+                let got = h.write(cmd).await;
+                if taken_by_other(&model, name, None) {
+                    prop_assert_eq!(got, Err(Rejection::NameTaken));
+                } else {
+                    let Ok(Outcome::Created(item)) = got else {
+                        return Err(TestCaseError::fail(format!("{step:?}: {got:?}")));
+                    };
+                    let want = M {
+                        name: name.trim().to_string(),
+                        qty: *qty,
+                        version: 1,
+                    };
+                    prop_assert_eq!(as_model(&item), want.clone());
+                    prop_assert!(!model.contains_key(&item.id) && !gone.contains(&item.id));
+                    model.insert(item.id, want);
+                }
+            }
+            Step::Replace {
+                item,
+                name,
+                qty,
+                if_match,
+            } => {
+                let id = pick(&model, &gone, never, item);
+                let name = NAMES[*name];
+                let version = model.get(&id).map_or(1, |m| m.version);
+                let cmd = Command::Replace {
+                    id,
+                    name: ItemName::new(name).unwrap(),
+                    qty: Qty::new(*qty).unwrap(),
+                    if_match: precondition(if_match, version),
+                };
+                let got = h.write(cmd).await;
+                let want = match model.get(&id) {
+                    None => Err(Rejection::NotFound { op_index: None }),
+                    Some(m) if !holds(if_match) => {
+                        Err(Rejection::VersionMismatch { current: m.version })
+                    }
+                    Some(_) if taken_by_other(&model, name, Some(id)) => Err(Rejection::NameTaken),
+                    Some(m) => Ok(M {
+                        name: name.trim().to_string(),
+                        qty: *qty,
+                        version: m.version + 1,
+                    }),
+                };
+                match (got, want) {
+                    (Ok(Outcome::Updated(item)), Ok(m)) => {
+                        prop_assert_eq!(item.id, id);
+                        prop_assert_eq!(as_model(&item), m.clone());
+                        model.insert(id, m);
+                    }
+                    (Err(got), Err(want)) => prop_assert_eq!(got, want),
+                    (got, want) => return Err(mismatch(&step, got, want)),
+                }
+            }
+            Step::Adjust {
+                item,
+                delta,
+                if_match,
+            } => {
+                let id = pick(&model, &gone, never, item);
+                let version = model.get(&id).map_or(1, |m| m.version);
+                let cmd = Command::Adjust {
+                    id,
+                    delta: Delta::new(*delta).unwrap(),
+                    if_match: precondition(if_match, version),
+                };
+                let got = h.write(cmd).await;
+                let want = match model.get(&id) {
+                    None => Err(Rejection::NotFound { op_index: None }),
+                    Some(m) if !holds(if_match) => {
+                        Err(Rejection::VersionMismatch { current: m.version })
+                    }
+                    Some(m) => bound(m.qty, *delta, None).map(|qty| M {
+                        name: m.name.clone(),
+                        qty,
+                        version: m.version + 1,
+                    }),
+                };
+                match (got, want) {
+                    (Ok(Outcome::Updated(item)), Ok(m)) => {
+                        prop_assert_eq!(as_model(&item), m.clone());
+                        model.insert(id, m);
+                    }
+                    (Err(got), Err(want)) => prop_assert_eq!(got, want),
+                    (got, want) => return Err(mismatch(&step, got, want)),
+                }
+            }
+            Step::Delete { item } => {
+                let id = pick(&model, &gone, never, item);
+                prop_assert_eq!(h.write(Command::Delete { id }).await, Ok(Outcome::Deleted));
+                if model.remove(&id).is_some() {
+                    gone.push(id);
+                }
+            }
+            Step::Transact { ops } => {
+                let ops: Vec<(Uuid, i64)> = ops
+                    .iter()
+                    .map(|(i, d)| (pick(&model, &gone, never, i), *d))
+                    .collect();
+                let cmd = Command::Transact {
+                    ops: ops
+                        .iter()
+                        .map(|(item, d)| TxOp {
+                            item: *item,
+                            delta: Delta::new(*d).unwrap(),
+                        })
+                        .collect(),
+                };
+                let got = h.write(cmd).await;
+                match (got, model_transact(&mut model, &ops)) {
+                    (Ok(Outcome::Transacted(items)), Ok(touched)) => {
+                        let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
+                        prop_assert_eq!(ids, touched);
+                        for item in &items {
+                            prop_assert_eq!(&as_model(item), &model[&item.id]);
+                        }
+                    }
+                    (Err(got), Err(want)) => prop_assert_eq!(got, want),
+                    (got, want) => return Err(mismatch(&step, got, want)),
+                }
+            }
+            Step::Get { item } => {
+                let id = pick(&model, &gone, never, item);
+                let Answer::Found(found) = h.call(Request::Get(id)).await else {
+                    return Err(TestCaseError::fail("Get answered something else"));
+                };
+                prop_assert_eq!(found.as_ref().map(as_model), model.get(&id).cloned());
+            }
+            Step::List { after, limit } => {
+                let after = after.as_ref().map(|i| pick(&model, &gone, never, i));
+                let Answer::Page { items, more } = h
+                    .call(Request::List {
+                        after,
+                        limit: *limit,
+                    })
+                    .await
+                else {
+                    return Err(TestCaseError::fail("List answered something else"));
+                };
+                let rest: Vec<(Uuid, M)> = model
+                    .iter()
+                    .filter(|(id, _)| after.is_none_or(|a| **id > a))
+                    .map(|(id, m)| (*id, m.clone()))
+                    .collect();
+                let page: Vec<(Uuid, M)> = items.iter().map(|i| (i.id, as_model(i))).collect();
+                prop_assert_eq!(&page[..], &rest[..rest.len().min(*limit)]);
+                prop_assert_eq!(more, rest.len() > *limit);
+            }
+        }
+        // The whole state, after every step.
+        let state: Vec<(Uuid, M)> = h
+            .list_all()
+            .await
+            .iter()
+            .map(|i| (i.id, as_model(i)))
+            .collect();
+        let want: Vec<(Uuid, M)> = model.iter().map(|(id, m)| (*id, m.clone())).collect();
+        prop_assert_eq!(state, want, "after {:?}", step);
+    }
+    Ok(())
+}
+
+#[test]
+fn actor_matches_the_model() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = rt.block_on(async {
+        let mut config = NodeConfig::new(dir.path());
+        config.actor = ActorConfig {
+            idle_after: None,
+            ..ActorConfig::default()
+        };
+        config.snapshot_interval = None;
+        Node::open(config, Box::new(SystemClock)).await.unwrap()
+    });
+    let mut runner = TestRunner::new(Config {
+        cases: 1000,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let n = AtomicU32::new(0);
+    let steps = proptest::collection::vec(step(), 1..60);
+    runner
+        .run(&steps, |steps| {
+            // A fresh owner per case (and per shrink attempt): no leftovers.
+            let owner = format!("model-{}", n.fetch_add(1, Ordering::Relaxed));
+            let h = Harness {
+                node: node.clone(),
+                owner: OwnerId::new(&owner).unwrap(),
+            };
+            rt.block_on(run_steps(&h, steps))
+        })
+        .unwrap();
+}
