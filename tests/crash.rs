@@ -38,9 +38,17 @@ fn rounds() -> usize {
     }
 }
 
+/// A running `countiq serve`; killed and reaped when dropped.
 struct Server {
     child: Child,
     base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Start the binary on `dir` with an OS-chosen port, read the port from
@@ -64,7 +72,13 @@ async fn start(dir: &Path) -> Server {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn countiq");
-    let stderr = child.stderr.take().expect("stderr");
+    let stderr = child.stderr.take();
+    // From here on the guard reaps the child on every path, panics included.
+    let mut server = Server {
+        child,
+        base: String::new(),
+    };
+    let stderr = stderr.expect("stderr is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
@@ -81,12 +95,12 @@ async fn start(dir: &Path) -> Server {
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("server printed its address");
-    let base = format!("http://{addr}");
+    server.base = format!("http://{addr}");
     let http = reqwest::Client::new();
     for _ in 0..3000 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+        if let Ok(r) = http.get(format!("{}/readyz", server.base)).send().await {
             if r.status() == StatusCode::OK {
-                return Server { child, base };
+                return server;
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -320,10 +334,7 @@ async fn crash_rounds(sig: libc::c_int) {
             .collect();
         tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
         signal(&server.child, sig);
-        let status = tokio::task::spawn_blocking(move || server.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        let status = tokio::task::block_in_place(|| server.child.wait()).unwrap();
         if sig == libc::SIGTERM {
             assert!(
                 status.success(),
@@ -337,8 +348,7 @@ async fn crash_rounds(sig: libc::c_int) {
         server = start(dir.path()).await;
         verify(&server.base, &mut model, outs).await;
     }
-    signal(&server.child, libc::SIGKILL);
-    let _ = server.child.wait();
+    drop(server);
 }
 
 /// Goal: kill -9 at random moments loses nothing acknowledged and applies

@@ -18,6 +18,7 @@
 //! and parks idle ones without losing a message.
 
 pub mod registry;
+pub(crate) mod slot;
 
 use std::sync::{Arc, Weak};
 
@@ -95,7 +96,7 @@ pub struct OwnerCopy {
     pub keys: KeyTable,
 }
 
-enum Msg {
+pub(crate) enum Msg {
     /// Boxed so a mailbox slot is two pointers: tokio allocates mailbox
     /// slots 32 at a time, and an idle owner should not pay for 32 full
     /// requests.
@@ -185,7 +186,7 @@ impl Shared {
 
 /// A cloneable handle to a running actor: a mailbox sender.
 #[derive(Clone)]
-pub struct OwnerHandle {
+pub(crate) struct OwnerHandle {
     tx: mpsc::Sender<Msg>,
 }
 
@@ -198,7 +199,9 @@ struct OwnerActor {
     last_lsn: u64,
     rx: mpsc::Receiver<Msg>,
     shared: Arc<Shared>,
-    registry: Weak<registry::Inner>,
+    /// Weak: the slot holds our mailbox sender, and a strong reference
+    /// back would keep the mailbox open forever (no shutdown by drop).
+    slot: Weak<registry::OwnerSlot>,
 }
 
 /// Start an actor for `owner` with `state`; returns its handle.
@@ -207,7 +210,7 @@ fn spawn(
     state: OwnerState,
     last_lsn: u64,
     shared: Arc<Shared>,
-    registry: Weak<registry::Inner>,
+    slot: Weak<registry::OwnerSlot>,
 ) -> OwnerHandle {
     let (tx, rx) = mpsc::channel(shared.config.mailbox_depth);
     let actor = OwnerActor {
@@ -216,7 +219,7 @@ fn spawn(
         last_lsn,
         rx,
         shared,
-        registry,
+        slot,
     };
     tokio::spawn(actor.run());
     OwnerHandle { tx }
@@ -381,35 +384,38 @@ impl OwnerActor {
         }
     }
 
-    /// Idle: hand the state back to the registry and stop. The whole
-    /// hand-over runs under the registry slot's lock, so:
-    /// - a caller that still holds our handle and sends after `close` gets
-    ///   `Closed`, re-resolves the owner, blocks on that lock, and then finds
-    ///   the parked state and starts the next actor from it;
-    /// - a message that got into the mailbox before `close` is handled here,
-    ///   by this actor, before the state leaves;
-    ///
-    /// so no message is lost and no two actors ever hold the owner's state.
-    /// Handling is synchronous, which is what makes draining under a lock
-    /// possible.
+    /// Idle: hand the state back to the slot and stop. `Slot::park` runs
+    /// the hand-over under the slot lock: close the mailbox, handle what is
+    /// in it, store the state (module `slot` explains why this loses no
+    /// message and never lets two actors hold the state). Handling is
+    /// synchronous, which is what makes draining under a lock possible.
     fn try_park(&mut self) {
-        let Some(registry) = self.registry.upgrade() else {
-            return;
-        };
-        let Some(mut slot) = registry.slots.get_mut(&self.owner) else {
-            unreachable!("a running actor's slot exists until it parks");
-        };
-        debug_assert!(matches!(&*slot, registry::Slot::Active(_)));
+        if let Some(slot) = self.slot.upgrade() {
+            slot.park(self);
+            metrics::counter!("countiq_actor_parks_total").increment(1);
+        }
+    }
+}
+
+impl slot::Parking for OwnerActor {
+    type State = registry::Parked;
+
+    fn close_mailbox(&mut self) {
         self.rx.close();
+    }
+
+    fn drain_mailbox(&mut self) {
         while let Ok(msg) = self.rx.try_recv() {
             self.handle(msg);
         }
+    }
+
+    fn take_state(&mut self) -> registry::Parked {
         let mut state = std::mem::take(&mut self.state);
         state.shrink();
-        *slot = registry::Slot::Parked(registry::Parked {
+        registry::Parked {
             state,
             last_lsn: self.last_lsn,
-        });
-        metrics::gauge!("countiq_actors_active").decrement(1.0);
+        }
     }
 }

@@ -1,47 +1,58 @@
-//! The owner registry: owner id → running actor or parked state.
+//! The owner registry: owner id → that owner's [`Slot`] (a running actor's
+//! mailbox, or the state it parked).
 //!
-//! - Activation: the first request for an owner spawns its actor inside the
-//!   DashMap entry's lock, so when many first requests race, exactly one
-//!   actor starts and every racer gets its handle.
-//! - Passivation: an idle actor parks its state back into its slot (see
-//!   `OwnerActor::try_park`); the next request starts a new actor from it.
-//!   Parked owners cost their state and one map entry, not a task and a
-//!   mailbox.
-//! - Calls: `try_send` into the bounded mailbox. Full → `Overloaded` at once
-//!   (the transport answers 503 with Retry-After). Closed (the actor parked
-//!   between lookup and send) → the message comes back in the error and is
-//!   sent again to the next actor: never lost.
+//! - Activation: a new owner gets a parked slot with an empty state, created
+//!   in the DashMap entry's lock, so racing first requests share one slot;
+//!   the slot starts exactly one actor under its own lock.
+//! - Parking: an idle actor hands its state back to its slot
+//!   (`OwnerActor::try_park` → [`Slot::park`]); the next request starts a new
+//!   actor from it. Parked owners cost their state and one map entry, not a
+//!   task and a mailbox.
+//! - Calls: [`Slot::send`] does a non-blocking `try_send` into the bounded
+//!   mailbox *under the slot lock*, so a send can never fall between a
+//!   parking actor's close and drain (see `slot.rs` for why that matters
+//!   with tokio's permit-then-push channels; loom-tests/tests/slot.rs checks
+//!   it). Full → `Overloaded` at once (the transport answers 503 with
+//!   Retry-After).
+//!
+//! Lock order: DashMap shard → (released) → slot → commit pipeline. No map
+//! guard is held while a slot is locked or across an await.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
+use super::slot::{Mailbox, SendError, Slot, View};
 use super::{spawn, Answer, CallError, Msg, OwnerCopy, OwnerHandle, Request, Shared};
 use crate::domain::{OwnerId, OwnerState};
 
-/// Re-resolutions after `Closed` before giving up. One is always enough
-/// (a parked slot stays parked until someone activates it); the bound only
-/// turns a bug into an error instead of a spin.
-const CLOSED_RETRIES_MAX: usize = 4;
-
+/// What an idle actor leaves behind.
+#[derive(Default)]
 pub(crate) struct Parked {
     pub state: OwnerState,
     pub last_lsn: u64,
 }
 
-pub(crate) enum Slot {
-    Active(OwnerHandle),
-    Parked(Parked),
+pub(crate) type OwnerSlot = Slot<OwnerHandle, Parked>;
+
+impl Mailbox for OwnerHandle {
+    type Msg = Msg;
+
+    fn try_send(&self, msg: Msg) -> Result<(), SendError<Msg>> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(m) => SendError::Full(m),
+            mpsc::error::TrySendError::Closed(m) => SendError::Closed(m),
+        })
+    }
 }
 
-pub(crate) struct Inner {
-    pub slots: DashMap<OwnerId, Slot>,
+struct Inner {
+    slots: DashMap<OwnerId, Arc<OwnerSlot>>,
     shared: Arc<Shared>,
     /// Actors started, ever (the `countiq_actor_activations_total` metric,
-    /// readable in-process so tests can prove one activation per owner).
+    /// kept here too so tests can count activations exactly).
     activations: AtomicU64,
 }
 
@@ -62,135 +73,136 @@ impl Registry {
         }
     }
 
-    /// How many actors this registry has started (activations, including
-    /// restarts of parked owners).
-    pub fn activations(&self) -> u64 {
-        self.inner.activations.load(Ordering::Relaxed)
-    }
-
     pub fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
 
+    /// How many actors this registry has started (activations, including
+    /// re-activations of parked owners).
+    pub fn activations(&self) -> u64 {
+        self.inner.activations.load(Ordering::Relaxed)
+    }
+
     /// Install recovered owners as parked (activated on first use).
     pub fn load(&self, owner: OwnerId, state: OwnerState, last_lsn: u64) {
-        let previous = self
-            .inner
-            .slots
-            .insert(owner, Slot::Parked(Parked { state, last_lsn }));
+        let slot = Arc::new(Slot::parked(Parked { state, last_lsn }));
+        let previous = self.inner.slots.insert(owner, slot);
         assert!(previous.is_none(), "an owner is loaded once");
     }
 
-    /// The running actor of `owner`, started if needed.
-    fn handle(&self, owner: &OwnerId) -> OwnerHandle {
+    /// The owner's slot, created (parked, empty) on first use.
+    fn slot(&self, owner: &OwnerId) -> Arc<OwnerSlot> {
         if let Some(slot) = self.inner.slots.get(owner) {
-            if let Slot::Active(h) = &*slot {
-                return h.clone();
-            }
+            return slot.clone();
         }
-        let start = |state, last_lsn| {
-            metrics::counter!("countiq_actor_activations_total").increment(1);
-            self.inner.activations.fetch_add(1, Ordering::Relaxed);
-            spawn(
-                owner.clone(),
-                state,
-                last_lsn,
-                self.inner.shared.clone(),
-                Arc::downgrade(&self.inner),
-            )
-        };
-        match self.inner.slots.entry(owner.clone()) {
-            Entry::Occupied(mut e) => match e.get_mut() {
-                Slot::Active(h) => h.clone(),
-                slot @ Slot::Parked(_) => {
-                    let Slot::Parked(parked) = std::mem::replace(slot, Slot::Parked(placeholder()))
-                    else {
-                        unreachable!()
-                    };
-                    let h = start(parked.state, parked.last_lsn);
-                    *slot = Slot::Active(h.clone());
-                    h
-                }
-            },
-            Entry::Vacant(e) => {
-                let h = start(OwnerState::default(), 0);
-                e.insert(Slot::Active(h.clone()));
-                h
-            }
-        }
+        let entry = self.inner.slots.entry(owner.clone());
+        entry
+            .or_insert_with(|| Arc::new(Slot::parked(Parked::default())))
+            .clone()
+    }
+
+    /// Start `owner`'s actor from its parked state. Runs under the slot
+    /// lock (from `Slot::send`): it only spawns.
+    fn start(&self, owner: &OwnerId, parked: Parked, slot: &Arc<OwnerSlot>) -> OwnerHandle {
+        metrics::counter!("countiq_actor_activations_total").increment(1);
+        self.inner.activations.fetch_add(1, Ordering::Relaxed);
+        let shared = self.inner.shared.clone();
+        spawn(
+            owner.clone(),
+            parked.state,
+            parked.last_lsn,
+            shared,
+            Arc::downgrade(slot),
+        )
     }
 
     /// Ask `owner`'s actor and wait for the answer (which the pipeline
     /// releases only once the state it reports is durable).
     pub async fn call(&self, owner: &OwnerId, req: Request) -> Result<Answer, CallError> {
+        let slot = self.slot(owner);
         let (tx, rx) = oneshot::channel();
-        let mut msg = Msg::Call {
+        let msg = Msg::Call {
             req: Box::new(req),
             tx,
         };
-        for _ in 0..CLOSED_RETRIES_MAX {
-            match self.handle(owner).tx.try_send(msg) {
-                Ok(()) => return rx.await.unwrap_or(Err(CallError::Unavailable)),
-                Err(mpsc::error::TrySendError::Full(_)) => return Err(CallError::Overloaded),
-                Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
-            }
+        match slot.send(msg, |parked| self.start(owner, parked, &slot)) {
+            Ok(()) => rx.await.unwrap_or(Err(CallError::Unavailable)),
+            Err(SendError::Full(_)) => Err(CallError::Overloaded),
+            // Only if the actor died (a panic, which aborts the server).
+            Err(SendError::Closed(_)) => Err(CallError::Unavailable),
         }
-        Err(CallError::Unavailable)
+    }
+
+    /// Every slot, without holding map guards afterwards.
+    fn all_slots(&self) -> Vec<(OwnerId, Arc<OwnerSlot>)> {
+        let slots = self.inner.slots.iter();
+        slots
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
     }
 
     /// Copy every owner's persistent state (for a snapshot). Active owners
     /// copy their own state between two messages; parked ones are copied
-    /// here. No map guard is held across an await.
+    /// under their slot lock. No lock is held across an await.
     pub async fn copy_all(&self) -> Vec<OwnerCopy> {
         let mut copies = Vec::new();
-        let mut active = Vec::new();
-        for slot in self.inner.slots.iter() {
-            match slot.value() {
-                Slot::Active(h) => active.push((slot.key().clone(), h.clone())),
-                Slot::Parked(p) => copies.push(copy_parked(slot.key(), p)),
-            }
-        }
-        for (owner, handle) in active {
-            copies.push(self.copy_active(owner, handle).await);
+        for (owner, slot) in self.all_slots() {
+            copies.push(copy_owner(owner, &slot).await);
         }
         copies
-    }
-
-    async fn copy_active(&self, owner: OwnerId, mut handle: OwnerHandle) -> OwnerCopy {
-        loop {
-            let (tx, rx) = oneshot::channel();
-            // `send` (not `try_send`): a snapshot may wait for a busy mailbox.
-            if handle.tx.send(Msg::Copy { tx }).await.is_ok() {
-                if let Ok(copy) = rx.await {
-                    return copy;
-                }
-            }
-            // The actor parked meanwhile: copy the parked state, or follow
-            // the actor that replaced it.
-            match self.inner.slots.get(&owner).as_deref() {
-                Some(Slot::Parked(p)) => return copy_parked(&owner, p),
-                Some(Slot::Active(h)) => handle = h.clone(),
-                None => unreachable!("slots are never removed"),
-            }
-        }
     }
 
     /// Owners known, active, and the `top` deepest mailboxes (metrics).
     pub fn stats(&self, top: usize) -> RegistryStats {
         let mut stats = RegistryStats::default();
-        for slot in self.inner.slots.iter() {
+        for (owner, slot) in self.all_slots() {
             stats.owners += 1;
-            if let Slot::Active(h) = slot.value() {
+            let depth = slot.inspect(|v| match v {
+                View::Active(h) => Some(h.tx.max_capacity() - h.tx.capacity()),
+                View::Parked(_) => None,
+            });
+            if let Some(depth) = depth {
                 stats.active += 1;
-                let depth = h.tx.max_capacity() - h.tx.capacity();
                 if depth > 0 {
-                    stats.top.push((slot.key().clone(), depth));
+                    stats.top.push((owner, depth));
                 }
             }
         }
-        stats.top.sort_by(|a, b| b.1.cmp(&a.1));
+        stats
+            .top
+            .sort_by_key(|(_, depth)| std::cmp::Reverse(*depth));
         stats.top.truncate(top);
         stats
+    }
+
+    /// (owners known, actors running).
+    pub fn counts(&self) -> (usize, usize) {
+        let slots = self.all_slots();
+        let active = slots.iter().filter(|(_, s)| s.is_active()).count();
+        (slots.len(), active)
+    }
+}
+
+/// One owner's copy: from its actor if it runs, else from its parked state.
+async fn copy_owner(owner: OwnerId, slot: &OwnerSlot) -> OwnerCopy {
+    loop {
+        let handle = slot.inspect(|v| match v {
+            View::Active(h) => Err(h.clone()),
+            View::Parked(p) => Ok(copy_parked(&owner, p)),
+        });
+        let handle = match handle {
+            Ok(copy) => return copy,
+            Err(handle) => handle,
+        };
+        let (tx, rx) = oneshot::channel();
+        // `send().await`, not `try_send`: a snapshot may wait for a busy
+        // mailbox. If the actor parks meanwhile, the message is dropped with
+        // its mailbox, `rx` fails, and the loop copies the parked state.
+        if handle.tx.send(Msg::Copy { tx }).await.is_ok() {
+            if let Ok(copy) = rx.await {
+                return copy;
+            }
+        }
     }
 }
 
@@ -210,14 +222,6 @@ fn copy_parked(owner: &OwnerId, p: &Parked) -> OwnerCopy {
         last_lsn: p.last_lsn,
         items,
         keys,
-    }
-}
-
-/// Stand-in while a parked state is moved out of its slot under the lock.
-fn placeholder() -> Parked {
-    Parked {
-        state: OwnerState::default(),
-        last_lsn: 0,
     }
 }
 

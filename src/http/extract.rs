@@ -128,9 +128,7 @@ pub fn if_match(headers: &HeaderMap) -> Option<Precondition> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    if headers.get(header::IF_MATCH).is_none() {
-        return None;
-    }
+    headers.get(header::IF_MATCH)?;
     let tags: Vec<&str> = values
         .iter()
         .flat_map(|v| v.split(','))
