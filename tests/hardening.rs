@@ -110,7 +110,7 @@ async fn metrics_expose_request_counts() {
     let line = text
         .lines()
         .find(|l| {
-            l.starts_with("countiq_http_requests_total")
+            l.starts_with("countiq_http_request_duration_seconds_count")
                 && l.contains("route=\"/items\"")
                 && l.contains("status=\"201\"")
         })
