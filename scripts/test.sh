@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# The one command that runs every test: unit, contract, crash, storage,
-# proptest and the loom models (loom-tests is an ordinary workspace member).
-# Long soaks are opt-in:
-#   COUNTIQ_SOAK=1 scripts/test.sh     # 500 kill -9 rounds instead of 20, etc.
+# The one command that runs every test:
+#   1. schemathesis against the server's own OpenAPI document
+#      (scripts/schemathesis.sh; installs schemathesis from PyPI on first use;
+#      COUNTIQ_SKIP_SCHEMATHESIS=1 skips it);
+#   2. cargo test over the workspace: unit, contract, crash (kill -9 and
+#      SIGTERM of the real binary), storage (torn tail, bit flips, power
+#      cuts, faults), proptests, the schedule test, and the loom models
+#      (loom-tests is an ordinary workspace member).
+# Long soaks are opt-in: COUNTIQ_SOAK=1 scripts/test.sh (500 crash rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${COUNTIQ_SKIP_SCHEMATHESIS:-0}" != "1" ]; then
+  scripts/schemathesis.sh
+fi
 exec cargo test --workspace --locked "$@"

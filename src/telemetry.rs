@@ -60,7 +60,7 @@ pub fn render() -> String {
 }
 
 /// Route templates, as labels. Static strings: a label costs no allocation.
-const ROUTES: &[&str] = &[
+pub const ROUTES: &[&str] = &[
     "/items",
     "/items/{id}",
     "/items/{id}/qty",
@@ -68,6 +68,7 @@ const ROUTES: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/openapi.json",
 ];
 
 fn route_label(path: Option<&MatchedPath>) -> &'static str {

@@ -45,8 +45,9 @@ pub enum ApiError {
     Internal,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem document with a stable machine `error` code.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     title: &'a str,

@@ -5,6 +5,7 @@
 
 mod error;
 mod extract;
+pub mod openapi;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -101,7 +102,8 @@ pub fn app(state: AppState) -> Router {
         .route("/transactions", post(transact))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|| async { crate::telemetry::render() }))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::map_response(problem_for_bare_errors))
         .with_state(state)
@@ -141,37 +143,57 @@ async fn problem_for_bare_errors(response: Response) -> Response {
 
 // ---- bodies -----------------------------------------------------------------
 
-#[derive(Debug, Deserialize, Serialize)]
+/// A new item. `name` is trimmed; unique per owner, case-insensitively.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
+        example = "milk"
+    )]
     name: String,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 9007199254740991_i64, default = 0)]
     qty: i64,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// A full replacement: both fields are required.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplaceBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
+    #[schema(minimum = 0, maximum = 9007199254740991_i64)]
     qty: i64,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// A quantity change, applied atomically.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AdjustBody {
+    #[schema(minimum = -9007199254740991_i64, maximum = 9007199254740991_i64)]
     delta: i64,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// 1-1000 ops of one owner, applied in order, all or nothing.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TxBody {
+    #[schema(min_items = 1, max_items = 1000)]
     ops: Vec<TxOpBody>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TxOpBody {
     item: Uuid,
+    #[schema(minimum = -9007199254740991_i64, maximum = 9007199254740991_i64)]
     delta: i64,
 }
 
@@ -187,10 +209,24 @@ fn invalid<E: std::fmt::Display>(field: &str) -> impl FnOnce(E) -> ApiError + '_
 
 // ---- handlers ---------------------------------------------------------------
 
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::render(),
+    )
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is alive")))]
 async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "Recovered and taking writes"),
+    (status = 503, description = "not_ready", content_type = "application/problem+json", body = error::Problem)
+))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
@@ -199,6 +235,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/items/{id}",
+    tag = "items",
+    summary = "Read one item",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Item id (UUID)")),
+    responses(
+        (status = 200, description = "The item", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "not_found", content_type = "application/problem+json", body = error::Problem),
+        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+    )
+)]
 async fn get_item(
     State(s): State<AppState>,
     Owner(owner): Owner,
@@ -212,6 +262,20 @@ async fn get_item(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/items",
+    tag = "items",
+    summary = "List items in a stable order",
+    security(("bearer" = [])),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses(
+        (status = 200, description = "One page", body = openapi::ItemPage),
+        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
+        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
+        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+    )
+)]
 async fn list_items(
     State(s): State<AppState>,
     Owner(owner): Owner,
@@ -251,6 +315,26 @@ async fn list_items(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/items",
+    tag = "items",
+    summary = "Create an item",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("Location" = String, description = "/items/<id>"))),
+        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
+        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
+        (status = 409, description = "name_taken or item_limit_reached", content_type = "application/problem+json", body = error::Problem),
+        (status = 413, description = "body_too_large (over 64 KiB)", content_type = "application/problem+json", body = error::Problem),
+        (status = 415, description = "unsupported_media_type", content_type = "application/problem+json", body = error::Problem),
+        (status = 422, description = "idempotency_key_reused", content_type = "application/problem+json", body = error::Problem),
+        (status = 429, description = "idempotency_keys_exhausted", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64))),
+        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+    )
+)]
 async fn create_item(
     State(s): State<AppState>,
     Owner(owner): Owner,
@@ -265,6 +349,28 @@ async fn create_item(
     write(&s, &owner, cmd, key).await
 }
 
+#[utoipa::path(
+    put,
+    path = "/items/{id}",
+    tag = "items",
+    summary = "Replace an item (name and qty)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Item id (UUID)"), ("If-Match" = Option<String>, Header, description = "\"<version>\" or *; a stale tag gives 412"), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
+    request_body(content = ReplaceBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
+        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
+        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "not_found", content_type = "application/problem+json", body = error::Problem),
+        (status = 409, description = "name_taken or item_limit_reached", content_type = "application/problem+json", body = error::Problem),
+        (status = 412, description = "version_mismatch (stale If-Match)", content_type = "application/problem+json", body = error::Problem),
+        (status = 413, description = "body_too_large (over 64 KiB)", content_type = "application/problem+json", body = error::Problem),
+        (status = 415, description = "unsupported_media_type", content_type = "application/problem+json", body = error::Problem),
+        (status = 422, description = "idempotency_key_reused", content_type = "application/problem+json", body = error::Problem),
+        (status = 429, description = "idempotency_keys_exhausted", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64))),
+        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+    )
+)]
 async fn replace_item(
     State(s): State<AppState>,
     Owner(owner): Owner,
@@ -283,6 +389,27 @@ async fn replace_item(
     write(&s, &owner, cmd, key).await
 }
 
+#[utoipa::path(
+    patch,
+    path = "/items/{id}/qty",
+    tag = "items",
+    summary = "Change qty by a delta, atomically",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Item id (UUID)"), ("If-Match" = Option<String>, Header, description = "\"<version>\" or *; a stale tag gives 412"), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
+    request_body(content = AdjustBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
+        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
+        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "not_found", content_type = "application/problem+json", body = error::Problem),
+        (status = 412, description = "version_mismatch (stale If-Match)", content_type = "application/problem+json", body = error::Problem),
+        (status = 413, description = "body_too_large (over 64 KiB)", content_type = "application/problem+json", body = error::Problem),
+        (status = 415, description = "unsupported_media_type", content_type = "application/problem+json", body = error::Problem),
+        (status = 422, description = "idempotency_key_reused", content_type = "application/problem+json", body = error::Problem),
+        (status = 429, description = "idempotency_keys_exhausted", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64))),
+        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+    )
+)]
 async fn adjust_qty(
     State(s): State<AppState>,
     Owner(owner): Owner,
@@ -300,6 +427,22 @@ async fn adjust_qty(
     write(&s, &owner, cmd, key).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/items/{id}",
+    tag = "items",
+    summary = "Delete an item (idempotent)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Item id (UUID)"), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
+    responses(
+        (status = 204, description = "Deleted, or already gone", headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
+        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
+        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
+        (status = 422, description = "idempotency_key_reused", content_type = "application/problem+json", body = error::Problem),
+        (status = 429, description = "idempotency_keys_exhausted", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64))),
+        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+    )
+)]
 async fn delete_item(
     State(s): State<AppState>,
     Owner(owner): Owner,
@@ -316,6 +459,26 @@ async fn delete_item(
     write(&s, &owner, Command::Delete { id }, key).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/transactions",
+    tag = "items",
+    summary = "Apply 1-1000 deltas atomically",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
+    request_body(content = TxBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "All ops applied", body = openapi::TxResult, headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
+        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
+        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "not_found", content_type = "application/problem+json", body = error::Problem),
+        (status = 413, description = "body_too_large (over 64 KiB)", content_type = "application/problem+json", body = error::Problem),
+        (status = 415, description = "unsupported_media_type", content_type = "application/problem+json", body = error::Problem),
+        (status = 422, description = "idempotency_key_reused", content_type = "application/problem+json", body = error::Problem),
+        (status = 429, description = "idempotency_keys_exhausted", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64))),
+        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+    )
+)]
 async fn transact(
     State(s): State<AppState>,
     Owner(owner): Owner,
@@ -381,12 +544,17 @@ async fn write(
 // ---- responses --------------------------------------------------------------
 
 /// An item as JSON (API.md "Item").
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Item)]
 struct ItemJson<'a> {
     id: Uuid,
     name: &'a str,
+    #[schema(minimum = 0, maximum = 9007199254740991_i64)]
     qty: u64,
+    /// Starts at 1, +1 on every change; `ETag` is `"<version>"`.
+    #[schema(minimum = 1)]
     version: u64,
+    /// RFC 3339, UTC.
     created_at: String,
     updated_at: String,
 }

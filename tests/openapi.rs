@@ -1,0 +1,85 @@
+//! The OpenAPI document stays in sync with the router.
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+/// Goal: every route the server serves is documented, and nothing that is
+/// documented is missing. Method: axum cannot list its routes, so probe the
+/// real server: for every documented path and every method, "documented"
+/// must equal "the server does not answer 405"; and the documented paths
+/// must equal the route templates the metrics know (`telemetry::ROUTES`),
+/// which a new route has to be added to anyway for its label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_matches_the_router() {
+    let s = TestServer::start().await;
+    let doc: Value = s
+        .http
+        .get(format!("{}/openapi.json", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+    let known: BTreeSet<&str> = countiq::telemetry::ROUTES.iter().copied().collect();
+    assert_eq!(
+        documented, known,
+        "documented paths vs the router's route templates"
+    );
+    let item = s.create("alice", "probe", 1).await;
+    let id = item["id"].as_str().unwrap();
+    for (path, ops) in paths {
+        let url = path.replace("{id}", id);
+        for method in METHODS {
+            let is_documented = ops.get(method).is_some();
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = s.send(m, &url, Some("alice"), None, &[]).await;
+            let served = r.status != StatusCode::METHOD_NOT_ALLOWED;
+            assert_eq!(
+                is_documented, served,
+                "{method} {path}: documented={is_documented}, server answered {}",
+                r.status
+            );
+            if is_documented {
+                let documented_statuses = ops[method]["responses"].as_object().unwrap();
+                let status = r.status.as_u16().to_string();
+                assert!(
+                    documented_statuses.contains_key(&status),
+                    "{method} {path} answered {status}, which is not documented"
+                );
+            }
+        }
+    }
+}
+
+/// Goal: the error schema and the security scheme are in the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_declares_errors_and_bearer_auth() {
+    let doc: Value = serde_json::from_str(countiq::http::openapi::document()).unwrap();
+    let problem = &doc["components"]["schemas"]["Problem"]["properties"];
+    for field in ["type", "title", "status", "detail", "error"] {
+        assert!(problem.get(field).is_some(), "Problem.{field}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let patch = &doc["paths"]["/items/{id}/qty"]["patch"];
+    for status in [
+        "200", "400", "401", "404", "412", "413", "415", "422", "503",
+    ] {
+        assert!(
+            patch["responses"].get(status).is_some(),
+            "PATCH documents {status}"
+        );
+    }
+}
