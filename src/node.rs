@@ -13,7 +13,7 @@ use crate::actor::registry::Registry;
 use crate::actor::{ActorConfig, Clock, Reply, Shared};
 use crate::storage::pipeline::Pipeline;
 use crate::storage::recovery::recover;
-use crate::storage::segment::{DirDisk, SEGMENT_BYTES_DEFAULT};
+use crate::storage::segment::{DirDisk, LogDisk, SEGMENT_BYTES_DEFAULT};
 use crate::storage::snapshot::{prune, write_snapshot, OwnerSnapshot, SnapshotInfo};
 use crate::storage::wal::{FsyncPolicy, Wal, WalConfig};
 
@@ -77,6 +77,17 @@ impl Node {
     /// Recover from `config.data_dir` and start the log writer and the
     /// checkpointer. Owners are loaded parked and start on first use.
     pub async fn open(config: NodeConfig, clock: Box<dyn Clock>) -> Result<Arc<Node>, NodeError> {
+        let disk = DirDisk::new(&config.data_dir);
+        Self::open_on(config, clock, disk).await
+    }
+
+    /// `open`, with the WAL writing through `disk` (tests inject faults
+    /// here; recovery and snapshots still use `config.data_dir`).
+    pub async fn open_on<D: LogDisk>(
+        config: NodeConfig,
+        clock: Box<dyn Clock>,
+        disk: D,
+    ) -> Result<Arc<Node>, NodeError> {
         let started = Instant::now();
         let dir = config.data_dir.clone();
         let now = clock.now_micros();
@@ -93,12 +104,7 @@ impl Node {
             fsync: config.fsync,
             segment_bytes: config.segment_bytes,
         };
-        let wal = Wal::start(
-            DirDisk::new(&config.data_dir),
-            pipeline,
-            wal_config,
-            on_fatal,
-        )?;
+        let wal = Wal::start(disk, pipeline, wal_config, on_fatal)?;
         let shared = Arc::new(Shared {
             wal,
             config: config.actor,
