@@ -225,7 +225,7 @@ async fn healthz() -> impl IntoResponse {
 
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses(
     (status = 200, description = "Recovered and taking writes"),
-    (status = 503, description = "not_ready", content_type = "application/problem+json", body = error::Problem)
+    (status = 503, response = openapi::Unavailable)
 ))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
@@ -244,9 +244,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     params(("id" = String, Path, description = "Item id (UUID)")),
     responses(
         (status = 200, description = "The item", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
-        (status = 404, description = "not_found", content_type = "application/problem+json", body = error::Problem),
-        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+        (status = 401, response = openapi::Unauthorized),
+        (status = 404, response = openapi::NotFound),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn get_item(
@@ -271,9 +271,9 @@ async fn get_item(
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses(
         (status = 200, description = "One page", body = openapi::ItemPage),
-        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
-        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
-        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn list_items(
@@ -325,14 +325,14 @@ async fn list_items(
     request_body(content = CreateBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("Location" = String, description = "/items/<id>"))),
-        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
-        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
-        (status = 409, description = "name_taken or item_limit_reached", content_type = "application/problem+json", body = error::Problem),
-        (status = 413, description = "body_too_large (over 64 KiB)", content_type = "application/problem+json", body = error::Problem),
-        (status = 415, description = "unsupported_media_type", content_type = "application/problem+json", body = error::Problem),
-        (status = 422, description = "idempotency_key_reused", content_type = "application/problem+json", body = error::Problem),
-        (status = 429, description = "idempotency_keys_exhausted", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64))),
-        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::KeyReused),
+        (status = 429, response = openapi::KeysExhausted),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn create_item(
@@ -359,16 +359,16 @@ async fn create_item(
     request_body(content = ReplaceBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
-        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
-        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
-        (status = 404, description = "not_found", content_type = "application/problem+json", body = error::Problem),
-        (status = 409, description = "name_taken or item_limit_reached", content_type = "application/problem+json", body = error::Problem),
-        (status = 412, description = "version_mismatch (stale If-Match)", content_type = "application/problem+json", body = error::Problem),
-        (status = 413, description = "body_too_large (over 64 KiB)", content_type = "application/problem+json", body = error::Problem),
-        (status = 415, description = "unsupported_media_type", content_type = "application/problem+json", body = error::Problem),
-        (status = 422, description = "idempotency_key_reused", content_type = "application/problem+json", body = error::Problem),
-        (status = 429, description = "idempotency_keys_exhausted", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64))),
-        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 412, response = openapi::PreconditionFailed),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::KeyReused),
+        (status = 429, response = openapi::KeysExhausted),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn replace_item(
@@ -399,15 +399,15 @@ async fn replace_item(
     request_body(content = AdjustBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Applied", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
-        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
-        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
-        (status = 404, description = "not_found", content_type = "application/problem+json", body = error::Problem),
-        (status = 412, description = "version_mismatch (stale If-Match)", content_type = "application/problem+json", body = error::Problem),
-        (status = 413, description = "body_too_large (over 64 KiB)", content_type = "application/problem+json", body = error::Problem),
-        (status = 415, description = "unsupported_media_type", content_type = "application/problem+json", body = error::Problem),
-        (status = 422, description = "idempotency_key_reused", content_type = "application/problem+json", body = error::Problem),
-        (status = 429, description = "idempotency_keys_exhausted", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64))),
-        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 404, response = openapi::NotFound),
+        (status = 412, response = openapi::PreconditionFailed),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::KeyReused),
+        (status = 429, response = openapi::KeysExhausted),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn adjust_qty(
@@ -436,11 +436,11 @@ async fn adjust_qty(
     params(("id" = String, Path, description = "Item id (UUID)"), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
     responses(
         (status = 204, description = "Deleted, or already gone", headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
-        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
-        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
-        (status = 422, description = "idempotency_key_reused", content_type = "application/problem+json", body = error::Problem),
-        (status = 429, description = "idempotency_keys_exhausted", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64))),
-        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 422, response = openapi::KeyReused),
+        (status = 429, response = openapi::KeysExhausted),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn delete_item(
@@ -469,14 +469,14 @@ async fn delete_item(
     request_body(content = TxBody, content_type = "application/json"),
     responses(
         (status = 200, description = "All ops applied", body = openapi::TxResult, headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
-        (status = 400, description = "invalid_body, qty_below_zero, qty_overflow, invalid_idempotency_key, ...", content_type = "application/problem+json", body = error::Problem),
-        (status = 401, description = "unauthorized (WWW-Authenticate: Bearer)", content_type = "application/problem+json", body = error::Problem, headers(("WWW-Authenticate" = String))),
-        (status = 404, description = "not_found", content_type = "application/problem+json", body = error::Problem),
-        (status = 413, description = "body_too_large (over 64 KiB)", content_type = "application/problem+json", body = error::Problem),
-        (status = 415, description = "unsupported_media_type", content_type = "application/problem+json", body = error::Problem),
-        (status = 422, description = "idempotency_key_reused", content_type = "application/problem+json", body = error::Problem),
-        (status = 429, description = "idempotency_keys_exhausted", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64))),
-        (status = 503, description = "overloaded, not_ready or unavailable", content_type = "application/problem+json", body = error::Problem, headers(("Retry-After" = u64)))
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 404, response = openapi::NotFound),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::KeyReused),
+        (status = 429, response = openapi::KeysExhausted),
+        (status = 503, response = openapi::Unavailable)
     )
 )]
 async fn transact(

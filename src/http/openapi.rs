@@ -27,6 +27,29 @@ pub(super) struct TxResult {
     items: Vec<ItemJson<'static>>,
 }
 
+/// Each error response once, referenced by the operations (`response = ...`).
+macro_rules! problem_responses {
+    ($($name:ident => $desc:literal $(, headers($($h:tt)*))?;)*) => {$(
+        #[derive(utoipa::ToResponse)]
+        #[response(description = $desc, content_type = "application/problem+json" $(, headers($($h)*))?)]
+        #[allow(dead_code)] // documentation only
+        pub(super) struct $name(Problem<'static>);
+    )*};
+}
+
+problem_responses! {
+    BadRequest => "invalid_body, qty_below_zero, qty_overflow, invalid_limit, invalid_cursor, invalid_idempotency_key";
+    Unauthorized => "unauthorized: missing or invalid bearer token", headers(("WWW-Authenticate" = String));
+    NotFound => "not_found";
+    Conflict => "name_taken or item_limit_reached";
+    PreconditionFailed => "version_mismatch: a stale If-Match";
+    PayloadTooLarge => "body_too_large: over 64 KiB";
+    UnsupportedMediaType => "unsupported_media_type: the body must be JSON";
+    KeyReused => "idempotency_key_reused: the key was used for a different request";
+    KeysExhausted => "idempotency_keys_exhausted", headers(("Retry-After" = u64));
+    Unavailable => "overloaded, not_ready or unavailable", headers(("Retry-After" = u64));
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -49,7 +72,11 @@ pub(super) struct TxResult {
         super::metrics,
         openapi_json,
     ),
-    components(schemas(CreateBody, ReplaceBody, AdjustBody, TxBody, TxOpBody, ItemJson, ItemPage, TxResult, Problem)),
+    components(
+        schemas(CreateBody, ReplaceBody, AdjustBody, TxBody, TxOpBody, ItemJson, ItemPage, TxResult, Problem),
+        responses(BadRequest, Unauthorized, NotFound, Conflict, PreconditionFailed, PayloadTooLarge,
+            UnsupportedMediaType, KeyReused, KeysExhausted, Unavailable)
+    ),
     modifiers(&BearerAuth),
     tags((name = "items", description = "One owner's items"), (name = "ops", description = "Health, readiness, metrics"))
 )]
