@@ -12,27 +12,18 @@
 //!   delta: qty is at least the acknowledged count and at most that plus
 //!   the calls whose outcome was unknown (one per task).
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use countiq::actor::{ActorConfig, Answer, CallError, Request, SystemClock};
-use countiq::domain::{Command, Delta, ItemName, Outcome, OwnerId, Qty};
-use countiq::node::{Node, NodeConfig};
+use countiq::actor::{Answer, CallError, Request, SystemClock};
+use countiq::domain::{Command, Delta, OwnerId};
+use countiq::node::Node;
 use countiq::storage::segment::DirDisk;
 use countiq::storage::testing::{Fault, FaultOp, FaultyDisk};
 
 const TASKS: usize = 16;
-
-fn config(dir: &std::path::Path) -> NodeConfig {
-    let mut config = NodeConfig::new(dir);
-    config.actor = ActorConfig {
-        idle_after: None,
-        ..ActorConfig::default()
-    };
-    config.snapshot_interval = None;
-    config.snapshot_every_records = 0;
-    config
-}
 
 async fn run(op: FaultOp, nth: u64, errno: i32) {
     let dir = tempfile::tempdir().unwrap();
@@ -41,31 +32,11 @@ async fn run(op: FaultOp, nth: u64, errno: i32) {
         inner: DirDisk::new(dir.path()),
         fault: fault.clone(),
     };
-    let node = Node::open_on(config(dir.path()), Box::new(SystemClock), disk)
+    let node = Node::open_on(common::node_config(dir.path()), Box::new(SystemClock), disk)
         .await
         .unwrap();
     let owner = OwnerId::new("victim").unwrap();
-    let create = Command::Create {
-        name: ItemName::new("milk").unwrap(),
-        qty: Qty::ZERO,
-    };
-    let id = match node
-        .registry()
-        .call(
-            &owner,
-            Request::Write {
-                cmd: create,
-                key: None,
-            },
-        )
-        .await
-    {
-        Ok(Answer::Done {
-            result: Ok(Outcome::Created(item)),
-            ..
-        }) => item.id,
-        other => panic!("{other:?}"),
-    };
+    let id = common::create_item(&node, &owner, "milk").await;
     let failed_seen = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..TASKS {
@@ -128,7 +99,7 @@ async fn run(op: FaultOp, nth: u64, errno: i32) {
     assert_eq!(later, Err(CallError::Unavailable));
     drop(node); // releases the data dir lock
 
-    let node = Node::open(config(dir.path()), Box::new(SystemClock))
+    let node = Node::open(common::node_config(dir.path()), Box::new(SystemClock))
         .await
         .unwrap();
     let qty = match node.registry().call(&owner, Request::Get(id)).await {

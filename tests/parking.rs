@@ -11,12 +11,14 @@
 //! acknowledged deltas exactly, and the version chain must have no gaps or
 //! repeats.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use countiq::actor::{ActorConfig, Answer, Request, SystemClock};
-use countiq::domain::{Command, Delta, ItemName, Outcome, OwnerId, Qty};
-use countiq::node::{Node, NodeConfig};
+use countiq::actor::{Answer, Request, SystemClock};
+use countiq::domain::{Command, Delta, Outcome, OwnerId};
+use countiq::node::Node;
 use rand::Rng;
 
 const ROUNDS: usize = 10;
@@ -37,35 +39,11 @@ async fn wait_until_parked(node: &Node) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_racing_a_parking_actor_are_never_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = NodeConfig::new(dir.path());
-    config.actor = ActorConfig {
-        idle_after: Some(Duration::from_millis(1)),
-        ..ActorConfig::default()
-    };
-    config.snapshot_interval = None;
+    let mut config = common::node_config(dir.path());
+    config.actor.idle_after = Some(Duration::from_millis(1));
     let node = Node::open(config, Box::new(SystemClock)).await.unwrap();
     let owner = OwnerId::new("parky").unwrap();
-    let create = Command::Create {
-        name: ItemName::new("milk").unwrap(),
-        qty: Qty::ZERO,
-    };
-    let id = match node
-        .registry()
-        .call(
-            &owner,
-            Request::Write {
-                cmd: create,
-                key: None,
-            },
-        )
-        .await
-    {
-        Ok(Answer::Done {
-            result: Ok(Outcome::Created(item)),
-            ..
-        }) => item.id,
-        other => panic!("{other:?}"),
-    };
+    let id = common::create_item(&node, &owner, "milk").await;
     let mut versions = BTreeSet::new();
     for round in 0..ROUNDS {
         wait_until_parked(&node).await;

@@ -229,3 +229,38 @@ pub async fn read(r: reqwest::Response) -> Resp {
         raw,
     }
 }
+
+// ---- node-level helpers (no HTTP) ------------------------------------------
+
+/// A node config for tests: no parking, no background snapshots.
+pub fn node_config(dir: &Path) -> NodeConfig {
+    let mut config = NodeConfig::new(dir);
+    config.actor = ActorConfig {
+        idle_after: None,
+        ..ActorConfig::default()
+    };
+    config.snapshot_interval = None;
+    config.snapshot_every_records = 0;
+    config
+}
+
+/// Create an item with qty 0 through the actor; returns its id.
+pub async fn create_item(node: &countiq::node::Node, owner: &OwnerId, name: &str) -> uuid::Uuid {
+    use countiq::actor::{Answer, Request};
+    use countiq::domain::{Command, ItemName, Outcome, Qty};
+    let cmd = Command::Create {
+        name: ItemName::new(name).unwrap(),
+        qty: Qty::ZERO,
+    };
+    match node
+        .registry()
+        .call(owner, Request::Write { cmd, key: None })
+        .await
+    {
+        Ok(Answer::Done {
+            result: Ok(Outcome::Created(item)),
+            ..
+        }) => item.id,
+        other => panic!("create failed: {other:?}"),
+    }
+}
