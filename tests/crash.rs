@@ -524,3 +524,118 @@ async fn idempotent_replays_survive_kill_9_snapshots_and_truncation() {
     check(server.base.clone()).await;
     stop(server, libc::SIGKILL).await;
 }
+
+/// Goal: kill -9 in the middle of a load of transactions loses no
+/// acknowledged transaction and never applies part of one. Method: every
+/// transaction moves stock from item A to item B (`A -= d, B += d`, some
+/// with A repeated), so any partial application breaks `A + B`, which must
+/// stay exactly at its start; A must equal its start minus the acknowledged
+/// moves, up to the moves whose outcome is unknown (in flight at the kill).
+/// 10 rounds (SOAK: 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_transactions_never_applies_part_of_one() {
+    const START: i64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path()).await;
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let r = http
+            .post(format!("{}/items", server.base))
+            .bearer_auth(token("tx"))
+            .json(&json!({"name": name, "qty": START}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let (a, b) = (ids[0].clone(), ids[1].clone());
+    let mut expected_a = START;
+    let mut acked_total = 0;
+    let rounds = if std::env::var_os("COUNTIQ_SOAK").is_some() {
+        100
+    } else {
+        10
+    };
+    let mut rng = rand::rng();
+    for round in 0..rounds {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (base, a, b) = (server.base.clone(), a.clone(), b.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64((round * 100 + c) as u64);
+                    let (mut acked, mut unknown) = (0i64, 0i64);
+                    for _ in 0..300 {
+                        let d: i64 = rng.random_range(1..=5);
+                        // Split the move on A in two ops half the time.
+                        let ops = if rng.random_bool(0.5) {
+                            json!([{"item": a, "delta": -d}, {"item": b, "delta": d}])
+                        } else {
+                            json!([{"item": a, "delta": -1}, {"item": b, "delta": d}, {"item": a, "delta": 1 - d}])
+                        };
+                        let r = http.post(format!("{base}/transactions")).bearer_auth(token("tx")).json(&json!({"ops": ops})).send().await;
+                        match r {
+                            Ok(r) if r.status() == StatusCode::OK => acked += d,
+                            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => unknown += d,
+                            Ok(r) => panic!("unexpected status {}", r.status()),
+                            Err(_) => {
+                                unknown += d;
+                                break;
+                            }
+                        }
+                    }
+                    (acked, unknown)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
+        stop(server, libc::SIGKILL).await;
+        let (mut acked, mut unknown) = (0, 0);
+        for c in clients {
+            let (ac, un) = c.await.unwrap();
+            acked += ac;
+            unknown += un;
+        }
+        server = start(dir.path()).await;
+        let qty = |id: String| {
+            let (http, base) = (http.clone(), server.base.clone());
+            async move {
+                let v: Value = http
+                    .get(format!("{base}/items/{id}"))
+                    .bearer_auth(token("tx"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v["qty"].as_i64().unwrap()
+            }
+        };
+        let (qa, qb) = (qty(a.clone()).await, qty(b.clone()).await);
+        assert_eq!(
+            qa + qb,
+            2 * START,
+            "round {round}: a transaction was applied in part"
+        );
+        let high = expected_a - acked;
+        assert!(
+            (high - unknown..=high).contains(&qa),
+            "round {round}: A = {qa}, expected {high} minus at most {unknown}"
+        );
+        expected_a = qa;
+        acked_total += acked;
+    }
+    assert!(
+        acked_total > 0,
+        "the load must have been acknowledged at all"
+    );
+    drop(server);
+}

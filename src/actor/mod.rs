@@ -136,6 +136,36 @@ impl Waiter for Reply {
     }
 }
 
+/// The item and outcome of a transition, for its DEBUG event.
+fn describe_transition(cmd: &Command, result: &StoredResponse) -> (String, String) {
+    let item = match (cmd, result) {
+        (_, Ok(crate::domain::Outcome::Created(item))) => item.id.to_string(),
+        (Command::Replace { id, .. } | Command::Adjust { id, .. } | Command::Delete { id }, _) => {
+            id.to_string()
+        }
+        (Command::Transact { ops }, _) => format!("{} ops", ops.len()),
+        (Command::Create { .. }, _) => "-".into(),
+    };
+    let outcome = match result {
+        Ok(_) => "applied".to_string(),
+        Err(rejection) => format!("{rejection:?}"),
+    };
+    (item, outcome)
+}
+
+/// The per-transition DEBUG event: owner, item, the record's LSN (none when
+/// nothing was logged: a rejection without a key), outcome, time in the actor.
+fn trace_transition(
+    owner: &OwnerId,
+    item: &str,
+    outcome: &str,
+    lsn: Option<u64>,
+    started: std::time::Instant,
+) {
+    let micros = started.elapsed().as_micros() as u64;
+    tracing::debug!(%owner, item, ?lsn, outcome, micros, "transition");
+}
+
 /// Source of time and ids; tests substitute a fixed clock.
 pub trait Clock: Send + Sync + 'static {
     fn now_micros(&self) -> Micros;
@@ -296,6 +326,8 @@ impl OwnerActor {
         key: Option<(IdemKey, Fingerprint)>,
         tx: oneshot::Sender<Result<Answer, CallError>>,
     ) {
+        // One DEBUG event per transition; nothing is measured when disabled.
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         let now = self.shared.clock.now_micros();
         let swept = self.state.keys.sweep(now, KEY_SWEEP_PER_WRITE);
         if swept > 0 {
@@ -327,12 +359,16 @@ impl OwnerActor {
             response: result.clone(),
             expires_at: now.saturating_add(ttl_micros),
         });
+        let trace = started.map(|at| (at, describe_transition(&cmd, &result)));
         let answer = Answer::Done {
             result,
             replayed: false,
         };
         if event.is_none() && key_record.is_none() {
             // Nothing to record (a rejection, or deleting a missing item).
+            if let Some((at, (item, outcome))) = trace {
+                trace_transition(&self.owner, &item, &outcome, None, at);
+            }
             return self.respond(tx, answer);
         }
         if let Some(record) = &key_record {
@@ -342,12 +378,15 @@ impl OwnerActor {
         let encode = |lsn, buf: &mut Vec<u8>| {
             encode_record(lsn, owner, event.as_ref(), key_record.as_ref(), buf)
         };
-        if let Ok(lsn) = self
+        let appended = self
             .shared
             .pipeline()
-            .append(encode, Some(Reply { tx, answer }))
-        {
+            .append(encode, Some(Reply { tx, answer }));
+        if let Ok(lsn) = appended {
             self.last_lsn = lsn;
+        }
+        if let Some((at, (item, outcome))) = trace {
+            trace_transition(&self.owner, &item, &outcome, appended.ok(), at);
         }
         // On Err the pipeline has already failed the reply (503); the log is
         // dead and the node is stopping, so the in-memory state no longer
