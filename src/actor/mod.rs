@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::domain::idempotency::{
-    Fingerprint, IdemKey, KeyRecord, KeyTable, Lookup, StoredResponse,
+    Fingerprint, IdemKey, KeyRecord, KeyTable, Lookup, StoredResponse, KEY_SWEEP_PER_WRITE,
 };
 use crate::domain::{Command, Ctx, Item, Micros, OwnerId, OwnerState};
 use crate::storage::codec::encode_record;
@@ -40,9 +40,6 @@ use crate::storage::wal::Wal;
 pub const MAILBOX_DEPTH_DEFAULT: usize = 4096;
 /// Messages an actor takes from its mailbox per wake-up.
 const MAILBOX_BATCH_MAX: usize = 256;
-/// Expired idempotency keys dropped per write: small, so sweeping never
-/// stalls an owner, and larger than one, so it keeps ahead of inserts.
-const KEY_SWEEP_PER_WRITE: usize = 4;
 
 /// What a caller asks an owner.
 #[derive(Debug)]

@@ -20,6 +20,11 @@ pub const KEY_BYTES_MAX: usize = 255;
 /// the time until the oldest key expires; requests without a key and replays
 /// of stored keys are unaffected. A guarantee is never dropped silently.
 pub const KEYS_PER_OWNER_MAX: usize = 100_000;
+/// Expired keys dropped per write. More than the one key a write can add,
+/// so the table of expired keys shrinks under any write rate; small, so a
+/// sweep never stalls the owner (a full sweep happens only when the table is
+/// full, bounded by `KEYS_PER_OWNER_MAX`).
+pub const KEY_SWEEP_PER_WRITE: usize = 4;
 /// Default retention: 24 h.
 pub const KEY_TTL_DEFAULT_SECS: u64 = 24 * 60 * 60;
 
@@ -240,6 +245,26 @@ mod tests {
         assert_eq!(t.sweep(5, 100), 2, "only the expired ones");
         assert_eq!(t.len(), 5);
         assert_eq!(t.next_expiry(), Some(6));
+    }
+
+    #[test]
+    fn sweeping_per_write_keeps_up_with_any_write_rate() {
+        // Goal: with one keyed write per tick and KEY_SWEEP_PER_WRITE
+        // expired keys dropped per write (what the actor does), the table
+        // never holds more than the live keys plus the one being added.
+        // Method: 10,000 ticks with a TTL of 100 ticks; check after each.
+        let ttl = 100;
+        let mut t = KeyTable::default();
+        for now in 0..10_000 {
+            t.sweep(now, KEY_SWEEP_PER_WRITE);
+            t.insert(rec(&format!("k{now}"), 0, now + ttl));
+            let live = (now + 1).min(ttl) as usize;
+            assert!(
+                t.len() <= live + 1,
+                "at tick {now}: {} stored, {live} live",
+                t.len()
+            );
+        }
     }
 
     #[test]
