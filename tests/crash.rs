@@ -252,34 +252,9 @@ async fn verify(base: &str, model: &mut Model, rounds_out: Vec<Outcomes>) {
         }
         unknown_items.extend(out.unknown_items);
     }
-    for ((owner, id), expected) in model.qty.iter_mut() {
-        let r = http
-            .get(format!("{base}/items/{id}"))
-            .bearer_auth(token(owner))
-            .send()
-            .await
-            .unwrap();
-        if unknown_items.contains(id) {
-            continue; // a delete in flight at the kill may or may not have landed
-        }
-        assert_eq!(
-            r.status(),
-            StatusCode::OK,
-            "acknowledged item {id} of {owner} must exist"
-        );
-        let v: Value = r.json().await.unwrap();
-        let got = v["qty"].as_i64().unwrap();
-        assert!(got >= 0);
-        let ds = unknown.get(id).cloned().unwrap_or_default();
-        let low = *expected + ds.iter().filter(|d| **d < 0).sum::<i64>();
-        let high = *expected + ds.iter().filter(|d| **d > 0).sum::<i64>();
-        assert!(
-            (low..=high).contains(&got),
-            "item {id}: qty {got} outside [{low}, {high}] (acknowledged {expected}, unknown {ds:?})"
-        );
-        *expected = got;
-    }
-    model.qty.retain(|(_, id), _| !unknown_items.contains(id));
+    // What the server holds, per owner, read page by page (one request per
+    // 1000 items, so a long soak stays linear). Names unique, qty >= 0.
+    let mut server: BTreeMap<(String, String), i64> = BTreeMap::new();
     for owner in std::iter::once(HOT_OWNER).chain(OTHER_OWNERS) {
         let mut names = HashSet::new();
         let mut cursor: Option<String> = None;
@@ -300,13 +275,32 @@ async fn verify(base: &str, model: &mut Model, rounds_out: Vec<Outcomes>) {
             for item in page["items"].as_array().unwrap() {
                 let name = item["name"].as_str().unwrap().to_lowercase();
                 assert!(names.insert(name), "names must stay unique for {owner}");
-                assert!(item["qty"].as_i64().unwrap() >= 0);
+                let qty = item["qty"].as_i64().unwrap();
+                assert!(qty >= 0);
+                server.insert(
+                    (owner.to_string(), item["id"].as_str().unwrap().to_string()),
+                    qty,
+                );
             }
             match page["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_string()),
                 None => break,
             }
         }
+    }
+    model.qty.retain(|(_, id), _| !unknown_items.contains(id)); // a delete in flight may or may not have landed
+    for ((owner, id), expected) in model.qty.iter_mut() {
+        let got = *server
+            .get(&(owner.clone(), id.clone()))
+            .unwrap_or_else(|| panic!("acknowledged item {id} of {owner} must exist"));
+        let ds = unknown.get(id).cloned().unwrap_or_default();
+        let low = *expected + ds.iter().filter(|d| **d < 0).sum::<i64>();
+        let high = *expected + ds.iter().filter(|d| **d > 0).sum::<i64>();
+        assert!(
+            (low..=high).contains(&got),
+            "item {id}: qty {got} outside [{low}, {high}] (acknowledged {expected}, unknown {ds:?})"
+        );
+        *expected = got;
     }
 }
 
