@@ -16,6 +16,12 @@ use countiq::node::NodeConfig;
 use countiq::server::{serve, shutdown_signal, ServeConfig, Stopped};
 use countiq::storage::wal::FsyncPolicy;
 
+/// mimalloc instead of glibc malloc: a request allocates a few dozen small
+/// blocks across hyper, axum and the actor; glibc's malloc/free were ~10%
+/// of the server's profile under the hot-owner benchmark (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "countiq",
@@ -126,6 +132,10 @@ struct ServeArgs {
     /// Log format (level via RUST_LOG, default info).
     #[arg(long, env = "COUNTIQ_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Tokio worker threads (0 = one per core). The WAL writer is a thread
+    /// of its own on top of these.
+    #[arg(long, env = "COUNTIQ_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
 }
 
 fn parse_ttl(raw: &str) -> Result<Duration, String> {
@@ -198,9 +208,11 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     node.snapshot_every_records = args.snapshot_every_records;
     node.snapshot_interval = (!args.snapshot_interval.is_zero()).then_some(args.snapshot_interval);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        runtime.worker_threads(args.worker_threads);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
         let addr = listener.local_addr()?;

@@ -277,6 +277,19 @@ impl OwnerActor {
                 // Every handle is gone: the registry was dropped (shutdown).
                 return;
             }
+            if received < MAILBOX_BATCH_MAX {
+                // Let the callers that are ready to run send first, then take
+                // what they sent too: one wake-up and one pass per batch of
+                // requests instead of one per request (tokio's LIFO slot
+                // would otherwise run this task right after each sender).
+                tokio::task::yield_now().await;
+                while batch.len() < MAILBOX_BATCH_MAX {
+                    match self.rx.try_recv() {
+                        Ok(msg) => batch.push(msg),
+                        Err(_) => break,
+                    }
+                }
+            }
             self.shared.wal.wait_for_room().await;
             for msg in batch.drain(..) {
                 self.handle(msg);

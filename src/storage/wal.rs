@@ -97,6 +97,11 @@ impl<W: Waiter + Send + 'static> Wal<W> {
 
     /// Wait until the pending buffer has room (backpressure for actors).
     pub async fn wait_for_room(&self) {
+        // Fast path (nearly always): room now. No `Notify` registration,
+        // whose waiter-list lock an actor would otherwise take per wake-up.
+        if self.pipeline.pending_bytes() < PENDING_BYTES_MAX {
+            return;
+        }
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
