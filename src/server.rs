@@ -14,7 +14,6 @@
 //! they take memory), `REQUEST_TIMEOUT` per request (408).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -210,9 +209,4 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-/// Default data directory (API.md): `./data`.
-pub fn default_data_dir() -> PathBuf {
-    PathBuf::from("data")
 }
