@@ -77,8 +77,12 @@ pub struct ScanReport {
     pub torn: Option<TornTail>,
 }
 
-/// The segments in `dir`, sorted by first LSN. A missing directory has none.
-pub fn list_segments(dir: &Path) -> Result<Vec<SegmentEntry>, Error> {
+/// Files in `dir` whose names `parse` to a number (an LSN), sorted by it.
+/// A missing directory has none. Shared by segments and snapshots.
+pub(crate) fn numbered_files(
+    dir: &Path,
+    parse: fn(&str) -> Option<u64>,
+) -> Result<Vec<(u64, PathBuf)>, Error> {
     let mut out = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -87,17 +91,21 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentEntry>, Error> {
     };
     for entry in entries {
         let entry = entry.map_err(io_at(dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(first_lsn) = segment::parse_segment_name(name) {
-            out.push(SegmentEntry {
-                path: entry.path(),
-                first_lsn,
-            });
+        if let Some(n) = entry.file_name().to_str().and_then(parse) {
+            out.push((n, entry.path()));
         }
     }
-    out.sort_by_key(|s| s.first_lsn);
+    out.sort();
     Ok(out)
+}
+
+/// The segments in `dir`, sorted by first LSN. A missing directory has none.
+pub fn list_segments(dir: &Path) -> Result<Vec<SegmentEntry>, Error> {
+    let files = numbered_files(dir, segment::parse_segment_name)?;
+    Ok(files
+        .into_iter()
+        .map(|(first_lsn, path)| SegmentEntry { path, first_lsn })
+        .collect())
 }
 
 /// Scan every segment of `dir` in LSN order, calling `visit(record, file,

@@ -275,20 +275,7 @@ pub fn write_snapshot(
 
 /// Snapshot files in `dir` as (covers, path), oldest first.
 pub fn list_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
-    let mut out = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(io_at(dir))?;
-        if let Some(covers) = entry.file_name().to_str().and_then(parse_snapshot_name) {
-            out.push((covers, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
+    super::reader::numbered_files(dir, parse_snapshot_name)
 }
 
 /// The newest snapshot that reads back completely. An invalid newer one is
