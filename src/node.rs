@@ -59,6 +59,10 @@ pub enum NodeError {
     LogFailed,
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// A blocking task did not finish: it panicked, or the runtime is
+    /// shutting down under it.
+    #[error("background task: {0}")]
+    Join(String),
 }
 
 pub struct Node {
@@ -93,7 +97,7 @@ impl Node {
         let now = clock.now_micros();
         let recovered = tokio::task::spawn_blocking(move || recover(&dir, now))
             .await
-            .expect("recovery does not panic")?;
+            .map_err(|e| NodeError::Join(e.to_string()))??;
         let (fatal_tx, fatal) = watch::channel(None);
         let on_fatal = move |e: &std::io::Error| {
             tracing::error!(error = %e, "WAL write or fsync failed; the node stops taking writes");
@@ -192,7 +196,7 @@ impl Node {
             Ok::<_, NodeError>(info)
         })
         .await
-        .expect("snapshot writing does not panic")?;
+        .map_err(|e| NodeError::Join(e.to_string()))??;
         *last_covers = covers;
         metrics::histogram!("countiq_snapshot_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(
@@ -218,7 +222,7 @@ impl Node {
         let shared = self.registry.shared().clone();
         let closed = tokio::task::spawn_blocking(move || shared.wal.shutdown())
             .await
-            .expect("join");
+            .map_err(|e| NodeError::Join(e.to_string()))?;
         snapshot?;
         closed?;
         Ok(())

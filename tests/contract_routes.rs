@@ -684,6 +684,9 @@ async fn media_type_and_size_limits() {
             .send_raw(method.clone(), path, "alice", Some("application/json"), big)
             .await;
         assert_problem(&r, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+        // The unread body makes the connection unusable: the server says so,
+        // so a pooling client does not send its next request into it.
+        assert_eq!(r.header("connection"), Some("close"), "{method} {path}");
         // Also when the length is not declared up front (chunked).
         let mut big = body.clone().into_bytes();
         big.resize(200 * 1024, b' ');

@@ -167,6 +167,11 @@ impl IntoResponse for ApiError {
         if self == ApiError::Unauthorized {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self == ApiError::PayloadTooLarge {
+            // The oversized body is not read, so the connection cannot carry
+            // another request: say so, or a client may reuse it and fail.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
