@@ -41,7 +41,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-fn rss_bytes() -> u64 {
+fn live_heap_bytes() -> u64 {
     LIVE.load(Ordering::Relaxed)
 }
 
@@ -67,7 +67,7 @@ fn main() {
             ..ActorConfig::default()
         };
         let node = Node::open(config, Box::new(SystemClock)).await.unwrap();
-        let before = rss_bytes();
+        let before = live_heap_bytes();
         let mut tasks = Vec::new();
         for chunk in 0..64 {
             let node = node.clone();
@@ -92,12 +92,12 @@ fn main() {
         for t in tasks {
             t.await.unwrap();
         }
-        let active = rss_bytes();
+        let active = live_heap_bytes();
         let stats = node.registry().stats(0);
         assert_eq!(stats.active, owners);
         tokio::time::sleep(idle + Duration::from_secs(2)).await;
         let stats_parked = node.registry().stats(0);
-        let parked = rss_bytes();
+        let parked = live_heap_bytes();
         println!("| owners | state | heap growth | per owner |");
         println!("|---|---|---|---|");
         let per = |bytes: u64| bytes.saturating_sub(before) as f64 / owners as f64;

@@ -321,7 +321,7 @@ async fn list_items(
     tag = "items",
     summary = "Create an item",
     security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
+    params(openapi::KeyHeader),
     request_body(content = CreateBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("Location" = String, description = "/items/<id>"))),
@@ -355,7 +355,7 @@ async fn create_item(
     tag = "items",
     summary = "Replace an item (name and qty)",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Item id (UUID)"), ("If-Match" = Option<String>, Header, description = "\"<version>\" or *; a stale tag gives 412"), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
+    params(("id" = String, Path, description = "Item id (UUID)"), openapi::IfMatchHeader, openapi::KeyHeader),
     request_body(content = ReplaceBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
@@ -395,7 +395,7 @@ async fn replace_item(
     tag = "items",
     summary = "Change qty by a delta, atomically",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Item id (UUID)"), ("If-Match" = Option<String>, Header, description = "\"<version>\" or *; a stale tag gives 412"), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
+    params(("id" = String, Path, description = "Item id (UUID)"), openapi::IfMatchHeader, openapi::KeyHeader),
     request_body(content = AdjustBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Applied", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
@@ -433,7 +433,7 @@ async fn adjust_qty(
     tag = "items",
     summary = "Delete an item (idempotent)",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Item id (UUID)"), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
+    params(("id" = String, Path, description = "Item id (UUID)"), openapi::KeyHeader),
     responses(
         (status = 204, description = "Deleted, or already gone", headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
         (status = 400, response = openapi::BadRequest),
@@ -465,7 +465,7 @@ async fn delete_item(
     tag = "items",
     summary = "Apply 1-1000 deltas atomically",
     security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; retries with the same key and request return the first response (kept 24 h)")),
+    params(openapi::KeyHeader),
     request_body(content = TxBody, content_type = "application/json"),
     responses(
         (status = 200, description = "All ops applied", body = openapi::TxResult, headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),

@@ -27,6 +27,28 @@ pub(super) struct TxResult {
     items: Vec<ItemJson<'static>>,
 }
 
+/// `Idempotency-Key`, declared once for every keyed write.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documentation only: handlers read the header map
+pub(super) struct KeyHeader {
+    /// 1-255 visible ASCII characters (or the quoted sf-string form);
+    /// retries with the same key and request return the first response.
+    /// Kept 24 h by default (`--idempotency-ttl`).
+    #[serde(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// `If-Match`, declared once for the conditional writes.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documentation only
+pub(super) struct IfMatchHeader {
+    /// `"<version>"` (strong comparison) or `*`; a stale tag gives 412.
+    #[serde(rename = "If-Match")]
+    if_match: Option<String>,
+}
+
 /// Each error response once, referenced by the operations (`response = ...`).
 macro_rules! problem_responses {
     ($($name:ident => $desc:literal $(, headers($($h:tt)*))?;)*) => {$(
