@@ -63,6 +63,10 @@ async fn start(dir: &Path) -> Server {
             "json",
             "--snapshot-every-records",
             "2000",
+            // The minimum: segments roll under load, so kills also land
+            // around a roll, and each start zero-fills 2 MiB, not 128.
+            "--segment-bytes",
+            "1048576",
         ])
         .arg("--data-dir")
         .arg(dir)

@@ -40,6 +40,7 @@ const SEEDS: u64 = 2000;
 /// (the test does not need the real header).
 type Segments = Arc<Mutex<Vec<Vec<u8>>>>;
 
+#[derive(Clone)]
 struct MemDisk {
     segments: Segments,
 }
@@ -64,7 +65,11 @@ impl SegmentFile for MemFile {
 
 impl LogDisk for MemDisk {
     type File = MemFile;
-    fn create_segment(&mut self, _first_lsn: u64) -> io::Result<MemFile> {
+    type Prepared = ();
+    fn prepare(&mut self, _bytes: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn install(&mut self, _prepared: (), _first_lsn: u64) -> io::Result<MemFile> {
         let mut segments = self.segments.lock().unwrap();
         segments.push(Vec::new());
         Ok(MemFile {

@@ -14,7 +14,7 @@ use countiq::storage::codec::{encode_record, Record};
 use countiq::storage::pipeline::{Failed, Pipeline, Waiter};
 use countiq::storage::reader::read_all;
 use countiq::storage::recovery::{recover, recover_readonly};
-use countiq::storage::segment::{segment_name, DirDisk, SEGMENT_HEADER_BYTES};
+use countiq::storage::segment::{segment_name, DirDisk, SEGMENT_HEADER_BYTES, SEGMENT_VERSION};
 use countiq::storage::testing::{ChanWaiter, Fault, FaultOp, FaultyDisk, MemDisk};
 use countiq::storage::wal::{FsyncPolicy, Wal, WalConfig};
 use countiq::storage::Error;
@@ -484,16 +484,24 @@ fn a_torn_header_is_a_tail_only_in_the_last_segment() {
 #[test]
 fn a_newer_format_version_is_refused_by_name() {
     // Goal: an old build never misreads a newer format. Method: a segment
-    // header with version 2 (valid CRC): Error::Version { found: 2 }.
+    // header with the version after this build's (valid CRC):
+    // Error::Version naming the file and both versions.
+    let newer = SEGMENT_VERSION + 1;
     let dir = scratch_dir();
     let (_, _, b) = two_segments(dir.path());
     let mut bytes = fs::read(&b).unwrap();
-    bytes[8] = 2;
+    bytes[8..12].copy_from_slice(&newer.to_le_bytes());
     let crc = crc32c::crc32c(&bytes[0..24]);
     bytes[24..28].copy_from_slice(&crc.to_le_bytes());
     fs::write(&b, &bytes).unwrap();
     match recover_readonly(dir.path(), 0) {
-        Err(Error::Version { found: 2, file, .. }) => assert_eq!(file, b),
+        Err(Error::Version {
+            found,
+            supported,
+            file,
+        }) => {
+            assert_eq!((file, found, supported), (b, newer, SEGMENT_VERSION));
+        }
         other => panic!("expected Version, got {other:?}"),
     }
 }

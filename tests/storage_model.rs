@@ -16,7 +16,7 @@ use countiq::domain::{
 use countiq::storage::codec::Record;
 use countiq::storage::reader::read_all;
 use countiq::storage::recovery::{recover, recover_readonly};
-use countiq::storage::segment::segment_name;
+use countiq::storage::segment::{segment_name, SEGMENT_HEADER_BYTES};
 use countiq::storage::snapshot::{self, list_snapshots, write_snapshot, OwnerSnapshot};
 use countiq::storage::tools::{dump, verify};
 use proptest::prelude::*;
@@ -488,6 +488,16 @@ fn golden_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/v1")
 }
 
+/// Version 2 changed only the segment (preallocated, zero tail); its golden
+/// directory holds a segment, and the snapshot format is still v1's.
+fn golden_v2_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/v2")
+}
+
+/// The size the golden v2 segment was preallocated to (the records take
+/// 959 bytes of it).
+const GOLDEN_V2_BYTES: u64 = 2048;
+
 /// Snapshot `covers` LSN and each owner's captured LSN in the golden files.
 const GOLDEN_COVERS: u64 = 12;
 const GOLDEN_ALICE_LAST: u64 = 8;
@@ -624,8 +634,37 @@ fn regenerate_golden_v1() {
         }
     }
     let records = golden_records();
-    write_segment(&dir, &records);
+    fs::write(
+        dir.join(segment_name(1)),
+        segment_bytes_version(1, 1, &records).0,
+    )
+    .unwrap();
     write_snapshot(&dir, GOLDEN_COVERS, golden_snapshot_owners(&records)).unwrap();
+}
+
+#[test]
+fn regenerate_golden_v2() {
+    // Goal: (re)write the golden v2 segment, only when asked. Method: with
+    // COUNTIQ_REGEN_GOLDEN=1, the real DirDisk prepares a file of
+    // GOLDEN_V2_BYTES, installs it as the segment for LSN 1, and the golden
+    // records are written into it in one write, as the writer does.
+    if std::env::var("COUNTIQ_REGEN_GOLDEN").as_deref() != Ok("1") {
+        return;
+    }
+    use countiq::storage::segment::{DirDisk, LogDisk, SegmentFile};
+    let dir = golden_v2_dir();
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(segment_name(1));
+    if path.exists() {
+        fs::remove_file(&path).unwrap();
+    }
+    let records = golden_records();
+    let (bytes, _) = segment_bytes(1, &records);
+    let mut disk = DirDisk::new(&dir);
+    let prepared = disk.prepare(GOLDEN_V2_BYTES).unwrap();
+    let mut seg = disk.install(prepared, 1).unwrap();
+    seg.write_all(&bytes[SEGMENT_HEADER_BYTES..]).unwrap();
+    seg.sync_data().unwrap();
 }
 
 #[test]
@@ -643,7 +682,7 @@ fn golden_v1_files_read_back_exactly() {
         .unwrap_or_else(|e| panic!("{}: {e} (run with COUNTIQ_REGEN_GOLDEN=1)", seg.display()));
     assert_eq!(
         on_disk,
-        segment_bytes(1, &records).0,
+        segment_bytes_version(1, 1, &records).0,
         "the record encoding changed: a new format version is needed"
     );
 
@@ -687,4 +726,61 @@ fn golden_v1_files_read_back_exactly() {
     dump(work.path(), &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.lines().count(), records.len(), "{text}");
+}
+
+#[test]
+fn golden_v2_segment_reads_back_exactly() {
+    // Goal: the preallocated format is pinned like v1. Method: the committed
+    // v2 segment must be exactly the v2 header, the golden records and zeros
+    // up to GOLDEN_V2_BYTES; it reads back to the golden records with the
+    // zeros as a clean end (no torn tail; `wal verify` says clean, `wal dump`
+    // prints only the records); recovering a copy gives the in-memory replay
+    // and trims the zeros, leaving exactly the header and the records.
+    let records = golden_records();
+    let seg = golden_v2_dir().join(segment_name(1));
+    let on_disk = fs::read(&seg)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with COUNTIQ_REGEN_GOLDEN=1)", seg.display()));
+    let (want, ends) = preallocated_bytes(1, &records, GOLDEN_V2_BYTES as usize);
+    assert_eq!(
+        on_disk, want,
+        "the v2 segment layout changed: a new format version is needed"
+    );
+    let end = *ends.last().unwrap() as u64;
+
+    let work = scratch_dir();
+    let path = work.path().join(segment_name(1));
+    fs::copy(&seg, &path).unwrap();
+    let (decoded, scan) = read_all(work.path()).unwrap();
+    let decoded: Vec<Record> = decoded.into_iter().map(|(r, _, _)| r).collect();
+    assert_eq!(decoded, records);
+    assert_eq!(scan.torn, None);
+    let s = &scan.segments[0];
+    assert_eq!(
+        (s.valid_bytes, s.zero_tail_bytes, s.file_bytes),
+        (end, GOLDEN_V2_BYTES - end, GOLDEN_V2_BYTES)
+    );
+
+    let mut out = Vec::new();
+    assert!(verify(work.path(), &mut out).unwrap().is_clean());
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("preallocated zero bytes (clean end)"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("clean"), "{text}");
+    let mut out = Vec::new();
+    dump(work.path(), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), records.len(), "{text}");
+
+    let rec = recover(work.path(), 0).unwrap();
+    assert_eq!(rec.next_lsn, records.len() as u64 + 1);
+    assert_eq!(
+        recovered_views(&rec.owners),
+        views(&replay_in_memory(&records))
+    );
+    assert_eq!(rec.report.torn, None);
+    assert_eq!(rec.report.torn_bytes_cut, 0);
+    assert_eq!(rec.report.zero_tail_bytes_trimmed, GOLDEN_V2_BYTES - end);
+    assert_eq!(fs::read(&path).unwrap(), want[..end as usize]);
 }

@@ -31,10 +31,11 @@ pub enum Error {
         lsn: Option<u64>,
         reason: String,
     },
-    #[error("{} has format version {found}; this build reads version {supported}", file.display())]
+    #[error("{} has format version {found}; this build reads versions up to {supported}", file.display())]
     Version {
         file: PathBuf,
         found: u32,
+        /// The newest version this build reads.
         supported: u32,
     },
     #[error("{} is not a CountIQ file: {reason}", file.display())]

@@ -6,18 +6,30 @@
 //! - LSNs are contiguous: +1 per record, within a segment and across
 //!   segments (a segment starts at the LSN after the previous one's last).
 //!   A gap is corruption.
+//! - Version 2 segments are preallocated with zeros (see `segment`). At a
+//!   frame boundary, a rest of the file that is all zero bytes (so the
+//!   length field, where there is room for one, is 0) is the clean end of
+//!   the segment: never written, neither torn nor damaged. This holds in
+//!   any segment, not only the last (a segment the writer left before
+//!   filling it; a record lost from its end would still be caught by the LSN
+//!   check against the next segment). It is unambiguous because a record's
+//!   length is never 0 (`codec::parse_frame` rejects it). Version 1
+//!   segments were appended and have no zero tail: there a 0 length is a
+//!   bad frame like any other.
 //! - A frame that is incomplete, has an impossible length or a wrong CRC is a
 //!   *torn tail* only if it is in the LAST segment and no CRC-valid frame
-//!   starts at any later offset of that file. The writer appends, so a crash
-//!   can only leave garbage at the very end; garbage followed by a valid
-//!   frame means bytes changed after they were written.
+//!   starts at any later offset of that file. The writer writes in order, so
+//!   a crash can only leave garbage (a partial write, then zeros or the end
+//!   of the file) at the end; garbage followed by a valid frame means bytes
+//!   changed after they were written.
 //! - Anything else (a bad frame in an earlier segment, a bad frame followed by
 //!   a valid one, a CRC-valid frame that does not decode or has the wrong
 //!   LSN, a bad header) is `Error::Corrupt`/`Format`/`Version`, naming the
 //!   file, the offset and the LSN where known. Nothing is skipped silently.
 //! - The one header exception: the last segment shorter than a header (or a
-//!   header-sized file of zeros) is a crash right after the file was created:
-//!   a torn tail covering the whole file.
+//!   header-sized file of zeros) is a crash right after a version 1 file was
+//!   created: a torn tail covering the whole file. (A version 2 file gets
+//!   its segment name only after its header is durable.)
 //!
 //! This module only reads. Cutting a torn tail off (truncate + fsync) is
 //! recovery's job, so `wal verify` can use the same scan without changing
@@ -47,6 +59,9 @@ pub struct SegmentSummary {
     pub records: u64,
     /// Bytes up to the end of the last valid record (header included).
     pub valid_bytes: u64,
+    /// Preallocated zeros after the last record (version 2): the clean end
+    /// of the segment, not a torn tail.
+    pub zero_tail_bytes: u64,
     /// The file's size on disk.
     pub file_bytes: u64,
 }
@@ -108,6 +123,14 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentEntry>, Error> {
         .collect())
 }
 
+/// Prepared files (`next-….prep`) in `dir`: zero-filled, never part of the
+/// log. A writer that stopped leaves its unused one behind; recovery
+/// removes them.
+pub fn list_prepared(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let files = numbered_files(dir, segment::parse_prepared_name)?;
+    Ok(files.into_iter().map(|(_, path)| path).collect())
+}
+
 /// Scan every segment of `dir` in LSN order, calling `visit(record, file,
 /// offset)` for each valid record. Read-only. Stops at the first error
 /// (including one returned by `visit`).
@@ -167,6 +190,15 @@ pub fn read_all(dir: &Path) -> Result<(Vec<LocatedRecord>, ScanReport), Error> {
     Ok((records, report))
 }
 
+/// What a segment's header says.
+enum HeaderCheck {
+    /// The last segment's header was never completely written.
+    Torn(TornTail),
+    Good {
+        version: u32,
+    },
+}
+
 /// One segment's bytes and what we know about it.
 struct SegmentScan<'a> {
     path: &'a Path,
@@ -185,14 +217,22 @@ impl SegmentScan<'_> {
             first_lsn: self.first_lsn,
             records: 0,
             valid_bytes: 0,
+            zero_tail_bytes: 0,
             file_bytes: self.bytes.len() as u64,
         };
-        if let Some(torn) = self.check_header()? {
-            return Ok((summary, Some(torn)));
-        }
+        let version = match self.check_header()? {
+            HeaderCheck::Torn(torn) => return Ok((summary, Some(torn))),
+            HeaderCheck::Good { version } => version,
+        };
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut lsn = self.first_lsn;
         while offset < self.bytes.len() {
+            // Only version 2 is preallocated; in version 1 a zero length is
+            // a bad frame.
+            if version == SEGMENT_VERSION && all_zero(&self.bytes[offset..]) {
+                summary.zero_tail_bytes = (self.bytes.len() - offset) as u64;
+                break;
+            }
             match codec::parse_frame(&self.bytes[offset..], RECORD_BYTES_MAX) {
                 FrameParse::Complete {
                     payload,
@@ -215,15 +255,15 @@ impl SegmentScan<'_> {
         Ok((summary, None))
     }
 
-    /// `Ok(Some(torn))` when the last segment's header was never completely
-    /// written; `Ok(None)` when the header is good.
-    fn check_header(&self) -> Result<Option<TornTail>, Error> {
+    /// `Torn` when the last segment's header was never completely written;
+    /// `Good` with the format version when the header is good.
+    fn check_header(&self) -> Result<HeaderCheck, Error> {
         let len = self.bytes.len();
         let never_written = len < SEGMENT_HEADER_BYTES
             || (len == SEGMENT_HEADER_BYTES && self.bytes.iter().all(|&b| b == 0));
         if never_written {
             if self.is_last {
-                return Ok(Some(TornTail {
+                return Ok(HeaderCheck::Torn(TornTail {
                     file: self.path.to_owned(),
                     offset: 0,
                     bytes: len as u64,
@@ -238,8 +278,8 @@ impl SegmentScan<'_> {
                 "segment header torn in a segment that is not the last",
             ));
         }
-        let first = match segment::decode_header(self.bytes) {
-            Ok(first) => first,
+        let header = match segment::decode_header(self.bytes) {
+            Ok(header) => header,
             Err(HeaderError::Version(found)) => {
                 return Err(Error::Version {
                     file: self.path.to_owned(),
@@ -255,18 +295,20 @@ impl SegmentScan<'_> {
             }
             Err(e) => return Err(Error::corrupt(self.path, 0, None, e.to_string())),
         };
-        if first != self.first_lsn {
+        if header.first_lsn != self.first_lsn {
             return Err(Error::corrupt(
                 self.path,
                 0,
                 Some(self.first_lsn),
                 format!(
-                    "header says first LSN {first}, the file name says {}",
-                    self.first_lsn
+                    "header says first LSN {}, the file name says {}",
+                    header.first_lsn, self.first_lsn
                 ),
             ));
         }
-        Ok(None)
+        Ok(HeaderCheck::Good {
+            version: header.version,
+        })
     }
 
     /// A CRC-valid frame: it must decode and carry the expected LSN.
@@ -324,11 +366,19 @@ impl SegmentScan<'_> {
     }
 }
 
+/// Whether every byte is zero (true for an empty slice).
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
 /// The first offset ≥ `from` where a CRC-valid frame starts, if any. This is
 /// the test that tells a torn tail (nothing valid after it) from damage in
-/// the middle of the log.
+/// the middle of the log. No frame starts in a file's all-zero end (its
+/// length would be 0), so the search stops there: a torn write in a
+/// preallocated segment does not cost a parse per zero byte.
 fn find_valid_frame(bytes: &[u8], from: usize) -> Option<usize> {
-    (from..bytes.len()).find(|&at| {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    (from..end).find(|&at| {
         matches!(
             codec::parse_frame(&bytes[at..], RECORD_BYTES_MAX),
             FrameParse::Complete { .. }

@@ -5,9 +5,13 @@
 //! (per owner, only records after that owner's snapshot LSN), checking each
 //! event against the state before applying it; cut a torn tail off the last
 //! segment (truncate + fsync, so a later restart never sees that garbage in
-//! front of the next segment's records); remove an empty last segment (the
-//! writer always starts a new segment at the recovered next LSN, with
-//! `create_new`); sweep expired idempotency keys.
+//! front of the next segment's records; the file loses its preallocation,
+//! which no one needs: the writer never reopens a segment); trim the last
+//! segment's clean zero tail the same way (unused preallocated space, not
+//! an error: only bytes the reader saw as zeros are cut); remove an empty
+//! last segment (the writer always starts a new segment at the recovered
+//! next LSN, and never replaces an existing one); delete prepared files
+//! (`next-….prep`) a stopped writer left; sweep expired idempotency keys.
 //!
 //! Consistency checks beyond the reader's: the log must start at LSN 1
 //! (no snapshot) or at or before the snapshot's covers LSN, and it must
@@ -25,7 +29,7 @@ use super::codec::Record;
 use super::error::io_at;
 /// Re-exported so callers can name the error where they call `recover`.
 pub use super::error::Error;
-use super::reader::{self, ScanReport, TornTail};
+use super::reader::{self, ScanReport, SegmentSummary, TornTail};
 use super::segment::sync_dir;
 use super::snapshot::{self, LoadedSnapshot};
 use crate::domain::{Micros, OwnerId, OwnerState};
@@ -87,8 +91,12 @@ pub struct RecoveryReport {
     /// The torn tail found (and, by `recover`, cut).
     pub torn: Option<TornTail>,
     pub torn_bytes_cut: u64,
+    /// Unused preallocated zeros trimmed off the last segment (not torn).
+    pub zero_tail_bytes_trimmed: u64,
     /// Empty or torn-header last segments removed.
     pub segments_removed: Vec<PathBuf>,
+    /// Prepared files (`next-….prep`) deleted: never part of the log.
+    pub prepared_removed: Vec<PathBuf>,
     pub keys_expired: u64,
     pub duration: Duration,
 }
@@ -113,7 +121,8 @@ pub struct RecoveredState {
 }
 
 /// Recover `dir` (created if missing) for writing: lock, load, replay, cut
-/// a torn tail, remove an empty last segment, sweep keys expired at `now`.
+/// a torn tail or trim a zero tail, remove an empty last segment and
+/// prepared files, sweep keys expired at `now`.
 pub fn recover(dir: &Path, now: Micros) -> Result<Recovered, Error> {
     fs::create_dir_all(dir).map_err(io_at(dir))?;
     let lock = lock_dir(dir)?;
@@ -276,12 +285,31 @@ impl Replayer {
     }
 }
 
-/// Cut a torn tail and remove an empty last segment, durably.
+/// Cut a torn tail or trim a zero tail, remove an empty last segment and
+/// every prepared file, durably.
 fn repair(dir: &Path, scan: &ScanReport, report: &mut RecoveryReport) -> Result<(), Error> {
-    let Some(last) = scan.segments.last() else {
-        return Ok(());
-    };
-    if let Some(torn) = &scan.torn {
+    let mut dir_changed = false;
+    for path in reader::list_prepared(dir)? {
+        fs::remove_file(&path).map_err(io_at(&path))?;
+        report.prepared_removed.push(path);
+        dir_changed = true;
+    }
+    if let Some(last) = scan.segments.last() {
+        dir_changed |= repair_last(last, scan.torn.as_ref(), report)?;
+    }
+    if dir_changed {
+        sync_dir(dir).map_err(io_at(dir))?;
+    }
+    Ok(())
+}
+
+/// The last segment's part of `repair`; returns whether it removed it.
+fn repair_last(
+    last: &SegmentSummary,
+    torn: Option<&TornTail>,
+    report: &mut RecoveryReport,
+) -> Result<bool, Error> {
+    if let Some(torn) = torn {
         tracing::warn!(
             file = %torn.file.display(),
             offset = torn.offset,
@@ -290,12 +318,7 @@ fn repair(dir: &Path, scan: &ScanReport, report: &mut RecoveryReport) -> Result<
             "cutting the torn tail of the last WAL segment"
         );
         if !torn.header {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&torn.file)
-                .map_err(io_at(&torn.file))?;
-            file.set_len(torn.offset).map_err(io_at(&torn.file))?;
-            file.sync_all().map_err(io_at(&torn.file))?;
+            cut(&torn.file, torn.offset)?;
         }
         report.torn_bytes_cut = torn.bytes;
     }
@@ -304,9 +327,29 @@ fn repair(dir: &Path, scan: &ScanReport, report: &mut RecoveryReport) -> Result<
         // next LSN, which may be this very name.
         fs::remove_file(&last.path).map_err(io_at(&last.path))?;
         report.segments_removed.push(last.path.clone());
+        return Ok(true);
     }
-    if scan.torn.is_some() || last.records == 0 {
-        sync_dir(dir).map_err(io_at(dir))?;
+    if last.zero_tail_bytes > 0 {
+        // The writer never reopens a segment: its unused preallocated
+        // space would stay allocated until prune deletes the file.
+        tracing::info!(
+            file = %last.path.display(),
+            offset = last.valid_bytes,
+            bytes = last.zero_tail_bytes,
+            "trimming the unused preallocated end of the last WAL segment"
+        );
+        cut(&last.path, last.valid_bytes)?;
+        report.zero_tail_bytes_trimmed = last.zero_tail_bytes;
     }
-    Ok(())
+    Ok(false)
+}
+
+/// Truncate `file` to `len` bytes, durably.
+fn cut(file: &Path, len: u64) -> Result<(), Error> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(file)
+        .map_err(io_at(file))?;
+    f.set_len(len).map_err(io_at(file))?;
+    f.sync_all().map_err(io_at(file))
 }

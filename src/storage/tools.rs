@@ -60,14 +60,26 @@ pub fn verify(dir: &Path, out: &mut impl Write) -> Result<VerifyReport, Error> {
     }
     report.scan = reader::scan_dir(dir, |_, _, _| Ok(()))?;
     for s in &report.scan.segments {
+        let zeros = match s.zero_tail_bytes {
+            0 => String::new(),
+            n => format!(", then {n} preallocated zero bytes (clean end)"),
+        };
         writeln!(
             out,
-            "segment {} first LSN {}: {} records, {} of {} bytes valid",
+            "segment {} first LSN {}: {} records, {} of {} bytes valid{zeros}",
             s.path.display(),
             s.first_lsn,
             s.records,
             s.valid_bytes,
             s.file_bytes
+        )
+        .map_err(out_err())?;
+    }
+    for path in reader::list_prepared(dir)? {
+        writeln!(
+            out,
+            "prepared file {}: zeros, not part of the log (start-up removes it)",
+            path.display()
         )
         .map_err(out_err())?;
     }

@@ -8,17 +8,24 @@
 //! that succeeds proves nothing). The pipeline is marked failed, every
 //! waiting reply gets 503, and `on_fatal` tells the server to stop; restart
 //! recovers from what is durable.
+//!
+//! Segments are preallocated (see `segment`) by a second thread, the
+//! preparer, so zero-filling never runs between a batch's write and its
+//! reply: while the writer fills one segment, the next one is already
+//! prepared and waiting. A failed preparation is handed to the writer and
+//! fails the log when the writer needs that file (at the roll), like a
+//! failed write; the preparer then stops, so nothing is retried.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::Notify;
 
 use super::pipeline::{Pipeline, Waiter};
-use super::segment::{LogDisk, SegmentFile};
+use super::segment::{LogDisk, SegmentFile, SEGMENT_HEADER_BYTES};
 
 /// Pending bytes above which actors wait before appending more: bounds the
 /// memory between the actors and the disk.
@@ -37,7 +44,8 @@ pub enum FsyncPolicy {
 #[derive(Debug, Clone, Copy)]
 pub struct WalConfig {
     pub fsync: FsyncPolicy,
-    /// Roll to a new segment once the current one is at least this big.
+    /// Roll to a new segment once the current one is at least this big;
+    /// also the size each segment is preallocated to.
     pub segment_bytes: u64,
 }
 
@@ -143,7 +151,15 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
         // its first record. Nothing is durable before the writer's first
         // batch, so `durable + 1` is the pipeline's starting LSN.
         let first_lsn = self.pipeline.durable_lsn() + 1;
-        let mut segment = match self.disk.create_segment(first_lsn) {
+        // Dropped (stopped and joined) on every return below.
+        let preparer = match Preparer::start(self.disk.clone(), self.config.segment_bytes) {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail_empty(e)),
+        };
+        let first = preparer
+            .next()
+            .and_then(|prepared| self.disk.install(prepared, first_lsn));
+        let mut segment = match first {
             Ok(s) => s,
             Err(e) => return Err(self.fail_empty(e)),
         };
@@ -152,7 +168,14 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
             self.room.notify_waiters();
             if batch.records > 0 {
                 let first_lsn = batch.last_lsn + 1 - batch.records;
-                if let Err(e) = self.persist(&mut segment, &batch.bytes, first_lsn, batch.records) {
+                let persisted = self.persist(
+                    &mut segment,
+                    &preparer,
+                    &batch.bytes,
+                    first_lsn,
+                    batch.records,
+                );
+                if let Err(e) = persisted {
                     self.pipeline.fail(Some(batch));
                     self.room.notify_waiters();
                     return Err(e);
@@ -170,6 +193,7 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
     fn persist(
         &mut self,
         segment: &mut D::File,
+        preparer: &Preparer<D::Prepared>,
         bytes: &[u8],
         first_lsn: u64,
         records: u64,
@@ -181,7 +205,13 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
             if self.config.fsync == FsyncPolicy::Never {
                 segment.sync_data()?;
             }
-            *segment = self.disk.create_segment(first_lsn)?;
+            // Normally ready long ago; this waits only when segments fill
+            // faster than the preparer zero-fills them.
+            let waited = Instant::now();
+            let prepared = preparer.next()?;
+            metrics::histogram!("countiq_wal_segment_wait_seconds")
+                .record(waited.elapsed().as_secs_f64());
+            *segment = self.disk.install(prepared, first_lsn)?;
             metrics::counter!("countiq_wal_segments_created_total").increment(1);
         }
         segment.write_all(bytes)?;
@@ -211,5 +241,65 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
     fn fail_empty(&self, e: io::Error) -> io::Error {
         self.pipeline.fail(None);
         e
+    }
+}
+
+/// The preparer thread: zero-fills the next segment file ahead of time and
+/// hands it to the writer. The channel is a rendezvous (capacity 0), so at
+/// most one prepared file waits, and the thread prepares the next one only
+/// after the writer took the last: one preparation per segment, bounded
+/// disk use (one `segment_bytes` file beyond the open segment).
+struct Preparer<P> {
+    /// `Option` only so that `drop` can close it before joining.
+    rx: Option<mpsc::Receiver<io::Result<P>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<P: Send + 'static> Preparer<P> {
+    fn start<D: LogDisk<Prepared = P>>(mut disk: D, segment_bytes: u64) -> io::Result<Self> {
+        // A file smaller than a header could not be installed.
+        let bytes = segment_bytes.max(SEGMENT_HEADER_BYTES as u64);
+        let (tx, rx) = mpsc::sync_channel(0);
+        let thread = std::thread::Builder::new()
+            .name("countiq-wal-prep".into())
+            .spawn(move || loop {
+                let prepared = disk.prepare(bytes);
+                let failed = prepared.is_err();
+                // An error is sent like a file and ends the thread: never
+                // retried. A send fails once the writer has stopped.
+                if tx.send(prepared).is_err() || failed {
+                    return;
+                }
+            })?;
+        Ok(Preparer {
+            rx: Some(rx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The next prepared file, waiting while it is being prepared.
+    fn next(&self) -> io::Result<P> {
+        let rx = self.rx.as_ref().expect("open until dropped");
+        rx.recv().unwrap_or_else(|_| {
+            Err(io::Error::other(
+                "the WAL segment preparer stopped (it panicked)",
+            ))
+        })
+    }
+}
+
+impl<P> Drop for Preparer<P> {
+    /// Stop and join the thread, so that nothing touches the directory once
+    /// the writer has returned. Closing the channel makes a pending `send`
+    /// fail at once; a preparation under way finishes first (at most one
+    /// zero-fill of `segment_bytes`). The unused prepared file stays on disk
+    /// until recovery removes it.
+    fn drop(&mut self) {
+        self.rx = None;
+        if let Some(thread) = self.thread.take() {
+            // A panic there was already reported as `next`'s error, if the
+            // writer ever asked.
+            let _ = thread.join();
+        }
     }
 }

@@ -70,6 +70,7 @@ impl TestServer {
             ..ActorConfig::default()
         };
         node.snapshot_interval = None;
+        node.segment_bytes = TEST_SEGMENT_BYTES;
         tweak(&mut node);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -232,9 +233,16 @@ pub async fn read(r: reqwest::Response) -> Resp {
 
 // ---- node-level helpers (no HTTP) ------------------------------------------
 
-/// A node config for tests: no parking, no background snapshots.
+/// WAL segment size for test nodes: the CLI's minimum (1 MiB). Every
+/// start zero-fills its first segment and prepares the next one; at the
+/// 64 MiB default that is 128 MiB of disk writes per test server.
+pub const TEST_SEGMENT_BYTES: u64 = 1 << 20;
+
+/// A node config for tests: no parking, no background snapshots, 1 MiB
+/// segments.
 pub fn node_config(dir: &Path) -> NodeConfig {
     let mut config = NodeConfig::new(dir);
+    config.segment_bytes = TEST_SEGMENT_BYTES;
     config.actor = ActorConfig {
         idle_after: None,
         ..ActorConfig::default()

@@ -12,7 +12,7 @@ use countiq::domain::{Event, Item, ItemName, Outcome, OwnerId, OwnerState, Qty, 
 use countiq::storage::codec::{encode_record, Record};
 use countiq::storage::pipeline::{Failed, Pipeline};
 use countiq::storage::recovery::RecoveredOwner;
-use countiq::storage::segment::{encode_header, segment_name, LogDisk};
+use countiq::storage::segment::{encode_header_version, segment_name, LogDisk, SEGMENT_VERSION};
 use countiq::storage::testing::ChanWaiter;
 use countiq::storage::wal::{FsyncPolicy, Wal, WalConfig};
 use uuid::Uuid;
@@ -112,9 +112,32 @@ pub fn sample_history(o: &str) -> Vec<Record> {
 }
 
 /// A segment file's bytes holding `records` (which must be contiguous from
-/// `first_lsn`), and the end offset of each record's frame.
+/// `first_lsn`), and the end offset of each record's frame. Current format
+/// version, without the preallocated zeros (see `preallocated_bytes`).
 pub fn segment_bytes(first_lsn: u64, records: &[Record]) -> (Vec<u8>, Vec<usize>) {
-    let mut bytes = encode_header(first_lsn).to_vec();
+    segment_bytes_version(SEGMENT_VERSION, first_lsn, records)
+}
+
+/// `segment_bytes` followed by zeros up to `size` bytes, as the writer
+/// leaves a preallocated segment it has not filled.
+pub fn preallocated_bytes(
+    first_lsn: u64,
+    records: &[Record],
+    size: usize,
+) -> (Vec<u8>, Vec<usize>) {
+    let (mut bytes, ends) = segment_bytes(first_lsn, records);
+    assert!(bytes.len() <= size, "records exceed the preallocated size");
+    bytes.resize(size, 0);
+    (bytes, ends)
+}
+
+/// `segment_bytes` with a header of any format version.
+pub fn segment_bytes_version(
+    version: u32,
+    first_lsn: u64,
+    records: &[Record],
+) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = encode_header_version(version, first_lsn).to_vec();
     let mut ends = Vec::new();
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r.lsn, first_lsn + i as u64);
