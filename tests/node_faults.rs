@@ -3,8 +3,9 @@
 //! "a failed fsync is never retried on the same file: stop, fail, recover".
 //!
 //! Method: a real node whose WAL disk fails the Nth write (EIO), the Nth
-//! sync (EIO) or the Nth write half-way (ENOSPC). 16 tasks send +1 deltas to
-//! one item until their call fails. Checks:
+//! sync (EIO), the Nth write half-way (ENOSPC) or the 2nd segment
+//! preparation (ENOSPC: the log fails at its first roll). 16 tasks send +1
+//! deltas to one item until their call fails. Checks:
 //! - once any caller saw a failure, no later call is acknowledged (every
 //!   task's answers are a run of Ok followed only by Unavailable);
 //! - the node reports the failure (the server exits on it);
@@ -127,4 +128,9 @@ async fn fsync_error_stops_acknowledging_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_stops_acknowledging_and_recovers() {
     run(FaultOp::Write, 20, libc::ENOSPC).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_preparation_error_stops_acknowledging_and_recovers() {
+    run(FaultOp::Prepare, 2, libc::ENOSPC).await;
 }

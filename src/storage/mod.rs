@@ -1,13 +1,15 @@
 //! Storage: the write-ahead log, snapshots, recovery, and the on-disk codec.
 //!
 //! - `codec`: the only module that knows bincode; record and snapshot frames.
-//! - `segment`: WAL segment files (header, naming, creation).
+//! - `segment`: WAL segment files (header, naming, preallocation).
 //! - `pipeline`: group commit: LSN assignment, pending bytes, durable
 //!   watermark and its waiters (model-checked by loom).
-//! - `wal`: the writer thread that makes batches durable.
+//! - `wal`: the writer thread that makes batches durable, and its preparer
+//!   thread that zero-fills the next segment ahead of time.
 //! - `reader`: scanning segments back in LSN order; torn tail vs corruption.
 //! - `snapshot`: one file with every owner's state; load with fallback; prune.
-//! - `recovery`: lock the data dir, snapshot + replay, cut a torn tail.
+//! - `recovery`: lock the data dir, snapshot + replay, cut a torn tail,
+//!   remove prepared files.
 //! - `tools`: read-only `wal verify` and `wal dump`.
 //! - `error`: the storage error a caller can act on.
 //! - `testing`: disk doubles (in-memory power cut, injected faults) for tests.

@@ -259,8 +259,8 @@ impl SegmentScan<'_> {
     /// `Good` with the format version when the header is good.
     fn check_header(&self) -> Result<HeaderCheck, Error> {
         let len = self.bytes.len();
-        let never_written = len < SEGMENT_HEADER_BYTES
-            || (len == SEGMENT_HEADER_BYTES && self.bytes.iter().all(|&b| b == 0));
+        let never_written =
+            len < SEGMENT_HEADER_BYTES || (len == SEGMENT_HEADER_BYTES && all_zero(self.bytes));
         if never_written {
             if self.is_last {
                 return Ok(HeaderCheck::Torn(TornTail {

@@ -214,13 +214,21 @@ impl Fault {
         })
     }
 
-    fn check(&self, op: FaultOp) -> io::Result<()> {
-        let counter = match op {
+    fn counter(&self, op: FaultOp) -> &AtomicU64 {
+        match op {
             FaultOp::Write => &self.writes,
             FaultOp::Sync => &self.syncs,
             FaultOp::Prepare => &self.prepares,
-        };
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        }
+    }
+
+    /// How many calls of `op` were made, the failed one included.
+    pub fn calls(&self, op: FaultOp) -> u64 {
+        self.counter(op).load(Ordering::SeqCst)
+    }
+
+    fn check(&self, op: FaultOp) -> io::Result<()> {
+        let n = self.counter(op).fetch_add(1, Ordering::SeqCst) + 1;
         if op == self.op && n == self.nth {
             self.fired.fetch_add(1, Ordering::SeqCst);
             return Err(io::Error::from_raw_os_error(self.errno));
