@@ -100,7 +100,7 @@ impl Node {
             .map_err(|e| NodeError::Join(e.to_string()))??;
         let (fatal_tx, fatal) = watch::channel(None);
         let on_fatal = move |e: &std::io::Error| {
-            tracing::error!(error = %e, "WAL write or fsync failed; the node stops taking writes");
+            tracing::error!(error = %e, "WAL write, fsync or segment preparation failed; the node stops taking writes");
             let _ = fatal_tx.send(Some(e.to_string()));
         };
         let pipeline = Arc::new(Pipeline::new(recovered.next_lsn));
@@ -108,7 +108,11 @@ impl Node {
             fsync: config.fsync,
             segment_bytes: config.segment_bytes,
         };
-        let wal = Wal::start(disk, pipeline, wal_config, on_fatal)?;
+        // Blocking: returns once the first segment is zero-filled and installed.
+        let wal =
+            tokio::task::spawn_blocking(move || Wal::start(disk, pipeline, wal_config, on_fatal))
+                .await
+                .map_err(|e| NodeError::Join(e.to_string()))??;
         let shared = Arc::new(Shared {
             wal,
             config: config.actor,

@@ -717,7 +717,8 @@ fn file_names(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn a_preallocated_segment_reads_back_every_record_and_verifies_clean() {
     // Goal (a): what the real writer leaves is a clean log. Method: the
-    // writer on DirDisk with 64 KiB segments appends 50 records and stops;
+    // writer on DirDisk with 64 KiB segments (its first segment exists when
+    // `Wal::start` returns) appends 50 records and stops;
     // the segment file is 64 KiB (records, then zeros) and a prepared file
     // sits beside it; the scan returns the 50 records with no torn tail and
     // the zeros as the clean end; `wal verify` says clean and names both
@@ -728,10 +729,11 @@ fn a_preallocated_segment_reads_back_every_record_and_verifies_clean() {
     let dir = tempfile::tempdir().unwrap();
     let o = owner("alice");
     let mut wal = start_wal(DirDisk::new(dir.path()), 1, SEGMENT, FsyncPolicy::Always);
+    let seg = dir.path().join(segment_name(1));
+    assert!(seg.exists(), "start returns once the first segment exists");
     let lsns = append_lsn_records(&wal, &o, 50);
     stop_wal(&mut wal).unwrap();
     assert_eq!(lsns, (1..=50).collect::<Vec<u64>>());
-    let seg = dir.path().join(segment_name(1));
     assert_eq!(fs::metadata(&seg).unwrap().len(), SEGMENT);
     let prepared = list_prepared(dir.path()).unwrap();
     assert_eq!(prepared.len(), 1, "{:?}", file_names(dir.path()));

@@ -71,6 +71,12 @@ impl<W: Waiter + Send + 'static> Wal<W> {
     /// Start the writer on `disk`. The first segment starts at the
     /// pipeline's next LSN. `on_fatal` runs once, on the writer thread, if
     /// the log fails.
+    ///
+    /// Blocks until the writer holds its first segment (prepared and
+    /// installed: one zero-fill of `segment_bytes`) or has failed to get it
+    /// (then the pipeline is failed and `on_fatal` runs, as for any later
+    /// failure). So a started log takes writes at once, and its first
+    /// segment is on disk before anything else (a snapshot's prune) looks.
     pub fn start<D: LogDisk>(
         disk: D,
         pipeline: Arc<Pipeline<W>>,
@@ -86,15 +92,19 @@ impl<W: Waiter + Send + 'static> Wal<W> {
             config,
             stats: stats.clone(),
         };
+        let (started_tx, started) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("countiq-wal".into())
             .spawn(move || {
-                let result = writer.run();
+                let result = writer.run(started_tx);
                 if let Err(e) = &result {
                     on_fatal(e);
                 }
                 result
             })?;
+        // A receive error means the thread ended before sending (it could
+        // not start its preparer, or panicked): reported like any failure.
+        let _ = started.recv();
         Ok(Wal {
             pipeline,
             stats,
@@ -144,7 +154,9 @@ struct Writer<D, W> {
 }
 
 impl<D: LogDisk, W: Waiter> Writer<D, W> {
-    fn run(mut self) -> io::Result<()> {
+    /// `started` is sent to once the first segment is installed or could
+    /// not be.
+    fn run(mut self, started: mpsc::SyncSender<()>) -> io::Result<()> {
         // The first segment is named after the first LSN not yet durable.
         // Not `next_lsn()`: appends may already have happened by the time
         // this thread runs, and a segment must be named after the LSN of
@@ -159,6 +171,8 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
         let first = preparer
             .next()
             .and_then(|prepared| self.disk.install(prepared, first_lsn));
+        // `start` is waiting for this (capacity 1: never blocks).
+        let _ = started.send(());
         let mut segment = match first {
             Ok(s) => s,
             Err(e) => return Err(self.fail_empty(e)),
