@@ -156,6 +156,7 @@ fn flip_every_bit(
                     }
                 }
                 (got, want) => {
+                    let got = got.map(|r| format!("next LSN {}", r.next_lsn));
                     panic!("byte {at} bit {bit}: expected {want:?} records, got {got:?}")
                 }
             }
