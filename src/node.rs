@@ -175,7 +175,11 @@ impl Node {
         let mut last_covers = self.checkpoint_lock.lock().await;
         let started = Instant::now();
         let covers = self.pipeline().next_lsn();
-        let copies = self.registry.copy_all().await;
+        let copies = self
+            .registry
+            .copy_all()
+            .await
+            .map_err(|e| NodeError::Snapshot(e.to_string()))?;
         let newest = copies
             .iter()
             .map(|c| c.last_lsn)

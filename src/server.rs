@@ -17,22 +17,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::error_handling::HandleErrorLayer;
-use axum::http::{HeaderName, Request, StatusCode};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::actor::SystemClock;
 use crate::auth::Auth;
-use crate::http::{app, ApiError, AppState, REQUEST_TIMEOUT};
+use crate::http::{app, AppState};
+pub use crate::http::{IN_FLIGHT_MAX, REQUEST_TIMEOUT};
 use crate::node::{Node, NodeConfig};
 use crate::telemetry;
 
@@ -42,8 +37,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECTIONS_MAX: usize = 4096;
 /// A client has this long to send a complete request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Requests inside handlers at most; more are answered 503 at once.
-pub const IN_FLIGHT_MAX: usize = 4096;
 
 pub struct ServeConfig {
     pub addr: SocketAddr,
@@ -60,32 +53,6 @@ pub enum Stopped {
     LogFailed(String),
 }
 
-/// The router with the per-route production layers: metrics, a span per
-/// request (request id, method, route template, owner), a whole-request
-/// timeout.
-pub fn router(state: AppState) -> Router {
-    app(state)
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
-        .layer(
-            // The request span is at DEBUG: the fmt subscriber formats a
-            // span's fields when it is created, which at ~60k requests/s
-            // costs a measurable share of two cores. `RUST_LOG=countiq=debug`
-            // (or `tower_http=debug`) turns spans and per-request events on;
-            // server errors are logged at ERROR either way. The fields are
-            // computed inside the macro, so they cost nothing when disabled.
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                tracing::debug_span!(
-                    "request",
-                    request_id = %req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or(""),
-                    method = %req.method(),
-                    route = %req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str()),
-                    owner = tracing::field::Empty,
-                )
-            }),
-        )
-        .layer(axum::middleware::from_fn(telemetry::track_requests))
-}
-
 /// Run until `shutdown` resolves (in the binary: SIGTERM or Ctrl-C) or the
 /// log fails.
 pub async fn serve(
@@ -96,11 +63,7 @@ pub async fn serve(
     telemetry::install();
     let state = AppState::new(Auth::new(&config.jwt_secret));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let http = tokio::spawn(accept_loop(
-        listener,
-        router(state.clone()),
-        stop_rx.clone(),
-    ));
+    let http = tokio::spawn(accept_loop(listener, app(state.clone()), stop_rx.clone()));
 
     let node = Node::open(config.node, Box::new(SystemClock)).await?;
     state.set_ready(node.registry().clone());
@@ -130,14 +93,6 @@ pub async fn serve(
 
 /// Accept connections until `stop`, then drain them (bounded).
 async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
-    let request_id = HeaderName::from_static("x-request-id");
-    let service = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-        .layer(PropagateRequestIdLayer::new(request_id))
-        .layer(HandleErrorLayer::new(shed))
-        .load_shed()
-        .concurrency_limit(IN_FLIGHT_MAX)
-        .service(router);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
@@ -164,7 +119,7 @@ async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Rec
             .header_read_timeout(HEADER_READ_TIMEOUT);
         let conn = builder.serve_connection(
             TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
+            TowerToHyperService::new(router.clone()),
         );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -184,12 +139,6 @@ async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Rec
 /// Resolves once `stop` turns true (or its sender is gone).
 pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-/// The answer for a request shed by the in-flight bound.
-async fn shed(_: tower::BoxError) -> ApiError {
-    metrics::counter!("countiq_http_requests_shed_total").increment(1);
-    ApiError::Overloaded
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

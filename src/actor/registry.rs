@@ -143,13 +143,15 @@ impl Registry {
 
     /// Copy every owner's persistent state (for a snapshot). Active owners
     /// copy their own state between two messages; parked ones are copied
-    /// under their slot lock. No lock is held across an await.
-    pub async fn copy_all(&self) -> Vec<OwnerCopy> {
+    /// under their slot lock. No lock is held across an await. Fails if an
+    /// owner's actor is gone without parking (its task was dropped: the
+    /// runtime is shutting down, or it panicked): its state cannot be read.
+    pub async fn copy_all(&self) -> Result<Vec<OwnerCopy>, ActorGone> {
         let mut copies = Vec::new();
         for (owner, slot) in self.all_slots() {
-            copies.push(copy_owner(owner, &slot).await);
+            copies.push(copy_owner(owner, &slot).await?);
         }
-        copies
+        Ok(copies)
     }
 
     /// Owners known, active, and the `top` deepest mailboxes (metrics).
@@ -184,23 +186,35 @@ impl Registry {
 }
 
 /// One owner's copy: from its actor if it runs, else from its parked state.
-async fn copy_owner(owner: OwnerId, slot: &OwnerSlot) -> OwnerCopy {
+/// An owner's actor ended without parking, so its state is out of reach.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the actor of owner {0:?} is gone")]
+pub struct ActorGone(pub OwnerId);
+
+async fn copy_owner(owner: OwnerId, slot: &OwnerSlot) -> Result<OwnerCopy, ActorGone> {
     loop {
         let handle = slot.inspect(|v| match v {
             View::Active(h) => Err(h.clone()),
             View::Parked(p) => Ok(copy_parked(&owner, p)),
         });
         let handle = match handle {
-            Ok(copy) => return copy,
+            Ok(copy) => return Ok(copy),
             Err(handle) => handle,
         };
+        // Parking closes the mailbox and stores the parked state in one
+        // hold of the slot lock, which `inspect` also takes: an `Active`
+        // view with a closed mailbox is an actor that ended without
+        // parking. Retrying would spin forever without yielding.
+        if handle.tx.is_closed() {
+            return Err(ActorGone(owner));
+        }
         let (tx, rx) = oneshot::channel();
         // `send().await`, not `try_send`: a snapshot may wait for a busy
         // mailbox. If the actor parks meanwhile, the message is dropped with
         // its mailbox, `rx` fails, and the loop copies the parked state.
         if handle.tx.send(Msg::Copy { tx }).await.is_ok() {
             if let Ok(copy) = rx.await {
-                return copy;
+                return Ok(copy);
             }
         }
     }
@@ -305,5 +319,45 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(node.registry().activations(), 2);
+    }
+
+    /// Goal: a snapshot whose owner's actor is gone without parking (its
+    /// runtime was dropped under it, as at the end of a test or after a
+    /// panic) fails with `ActorGone` instead of retrying forever. Method:
+    /// activate an owner on one runtime, drop that runtime (which drops the
+    /// actor task), then copy from another runtime under a deadline.
+    #[test]
+    fn copying_an_owner_whose_actor_is_gone_fails_instead_of_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(dir.path());
+        config.actor = ActorConfig {
+            idle_after: None,
+            ..ActorConfig::default()
+        };
+        config.snapshot_interval = None;
+        let owner = OwnerId::new("orphan").unwrap();
+        let first = tokio::runtime::Runtime::new().unwrap();
+        let node = first.block_on(async {
+            let node = Node::open(config, Box::new(SystemClock)).await.unwrap();
+            node.registry()
+                .call(&owner, Request::Get(uuid::Uuid::nil()))
+                .await
+                .unwrap();
+            node
+        });
+        drop(first);
+        // On its own thread: the broken version spins inside one poll, so
+        // no timer of its runtime could ever interrupt it.
+        let (done, result) = std::sync::mpsc::channel();
+        let registry = node.registry().clone();
+        std::thread::spawn(move || {
+            let second = tokio::runtime::Runtime::new().unwrap();
+            let copied = second.block_on(registry.copy_all());
+            let _ = done.send(copied.map(|c| c.len()));
+        });
+        let copied = result
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("copy_all returns instead of spinning");
+        assert_eq!(copied, Err(super::ActorGone(owner)));
     }
 }

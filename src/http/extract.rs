@@ -119,6 +119,27 @@ pub fn item_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(raw).map_err(|_| ApiError::NotFound)
 }
 
+/// The request headers a write reads (`Idempotency-Key`, `If-Match`),
+/// copied out of the request. axum's `HeaderMap` extractor clones every
+/// header; a request without either header costs no allocation here.
+pub struct WriteHeaders(pub HeaderMap);
+
+impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let mut headers = HeaderMap::new();
+        for name in [IDEMPOTENCY_KEY, header::IF_MATCH] {
+            for value in parts.headers.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        Ok(WriteHeaders(headers))
+    }
+}
+
+const IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
+
 /// `If-Match`: absent → `None`; `*` → any version; otherwise the strong
 /// entity tags `"<version>"` listed. Weak or unparseable tags never match
 /// (If-Match uses strong comparison), so a stale or foreign tag gives 412.
@@ -155,7 +176,7 @@ pub fn idempotency<B: Serialize>(
     id: Option<Uuid>,
     body: Option<&B>,
 ) -> Result<Option<(IdemKey, Fingerprint)>, ApiError> {
-    let mut values = headers.get_all("idempotency-key").iter();
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
@@ -213,6 +234,29 @@ mod tests {
         assert!(!is_json(&headers(&[("content-type", "text/plain")])));
         assert!(!is_json(&headers(&[("content-type", "application/jsonx")])));
         assert!(!is_json(&headers(&[])));
+    }
+
+    /// Only the two headers a write reads are copied, every value of each
+    /// (two `Idempotency-Key`s must still be seen, to be refused).
+    #[tokio::test]
+    async fn write_headers_copy_exactly_key_and_if_match() {
+        let req = axum::http::Request::builder()
+            .header("authorization", "Bearer x")
+            .header("idempotency-key", "a")
+            .header("idempotency-key", "b")
+            .header("if-match", "\"3\"")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        let WriteHeaders(h) = WriteHeaders::from_request_parts(&mut parts, &())
+            .await
+            .unwrap();
+        assert_eq!(h.len(), 3);
+        let keys: Vec<_> = h.get_all("idempotency-key").iter().collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(h["if-match"], "\"3\"");
+        assert!(idempotency::<()>(&h, "DELETE", "/x", None, None).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod error;
 mod extract;
+pub mod front;
 pub mod openapi;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::Router;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use error::{ApiError, PROBLEM_JSON};
-use extract::{idempotency, if_match, item_id, JsonBody, Owner, RawId};
+use extract::{idempotency, if_match, item_id, JsonBody, Owner, RawId, WriteHeaders};
 
 use crate::actor::registry::Registry;
 use crate::actor::{Answer, Request};
@@ -35,6 +36,9 @@ pub const LIST_LIMIT_MAX: usize = 1000;
 pub const LIST_LIMIT_DEFAULT: usize = 100;
 /// Whole-request timeout (408 after it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests inside handlers at most; more are answered 503 `overloaded` at
+/// once, before they take memory.
+pub const IN_FLIGHT_MAX: usize = 4096;
 
 /// What handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -90,7 +94,8 @@ impl AppState {
     }
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API, with the per-request layer (`front`) around every
+/// route.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/items", get(list_items).post(create_item))
@@ -105,40 +110,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound })
-        .layer(axum::middleware::map_response(problem_for_bare_errors))
+        .layer(front::FrontLayer::new(IN_FLIGHT_MAX, REQUEST_TIMEOUT))
         .with_state(state)
-}
-
-/// Responses produced outside our handlers (axum's 405, a timeout's 408)
-/// have empty or plain bodies. Give them the problem format too, keeping
-/// their headers (`Allow` on 405).
-async fn problem_for_bare_errors(response: Response) -> Response {
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
-        return response;
-    }
-    let error = match status {
-        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
-        StatusCode::NOT_FOUND => ApiError::NotFound,
-        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout,
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
-        s if s.is_client_error() => ApiError::InvalidBody("the request could not be parsed".into()),
-        _ => ApiError::Internal,
-    };
-    let (mut parts, _) = response.into_parts();
-    let problem = error.into_response();
-    let (problem_parts, body) = problem.into_parts();
-    for (name, value) in problem_parts.headers.iter() {
-        parts.headers.insert(name, value.clone());
-    }
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.status = problem_parts.status;
-    Response::from_parts(parts, body)
 }
 
 // ---- bodies -----------------------------------------------------------------
@@ -338,7 +311,7 @@ async fn list_items(
 async fn create_item(
     State(s): State<AppState>,
     Owner(owner): Owner,
-    headers: HeaderMap,
+    WriteHeaders(headers): WriteHeaders,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
     let key = idempotency(&headers, "POST", "/items", None, Some(&body))?;
@@ -375,7 +348,7 @@ async fn replace_item(
     State(s): State<AppState>,
     Owner(owner): Owner,
     RawId(id): RawId,
-    headers: HeaderMap,
+    WriteHeaders(headers): WriteHeaders,
     JsonBody(body): JsonBody<ReplaceBody>,
 ) -> Result<Response, ApiError> {
     let id = item_id(&id)?;
@@ -414,7 +387,7 @@ async fn adjust_qty(
     State(s): State<AppState>,
     Owner(owner): Owner,
     RawId(id): RawId,
-    headers: HeaderMap,
+    WriteHeaders(headers): WriteHeaders,
     JsonBody(body): JsonBody<AdjustBody>,
 ) -> Result<Response, ApiError> {
     let id = item_id(&id)?;
@@ -447,7 +420,7 @@ async fn delete_item(
     State(s): State<AppState>,
     Owner(owner): Owner,
     RawId(id): RawId,
-    headers: HeaderMap,
+    WriteHeaders(headers): WriteHeaders,
 ) -> Result<Response, ApiError> {
     // A malformed id names no item: deleting it is the same no-op as
     // deleting a missing one (204), but there is nothing to record.
@@ -482,7 +455,7 @@ async fn delete_item(
 async fn transact(
     State(s): State<AppState>,
     Owner(owner): Owner,
-    headers: HeaderMap,
+    WriteHeaders(headers): WriteHeaders,
     JsonBody(body): JsonBody<TxBody>,
 ) -> Result<Response, ApiError> {
     if !(1..=TX_OPS_MAX).contains(&body.ops.len()) {
@@ -555,8 +528,10 @@ struct ItemJson<'a> {
     #[schema(minimum = 1)]
     version: u64,
     /// RFC 3339, UTC.
-    created_at: String,
-    updated_at: String,
+    #[schema(value_type = String)]
+    created_at: Rfc3339,
+    #[schema(value_type = String)]
+    updated_at: Rfc3339,
 }
 
 impl<'a> From<&'a Item> for ItemJson<'a> {
@@ -566,15 +541,21 @@ impl<'a> From<&'a Item> for ItemJson<'a> {
             name: i.name.as_str(),
             qty: i.qty.get(),
             version: i.version,
-            created_at: rfc3339(i.created_at),
-            updated_at: rfc3339(i.updated_at),
+            created_at: Rfc3339(i.created_at),
+            updated_at: Rfc3339(i.updated_at),
         }
     }
 }
 
-fn rfc3339(micros: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64);
-    humantime::format_rfc3339_micros(t).to_string()
+/// Microseconds since the epoch, serialized as RFC 3339 (UTC, µs) straight
+/// into the output: no intermediate `String` per timestamp.
+struct Rfc3339(i64);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = UNIX_EPOCH + Duration::from_micros(self.0.max(0) as u64);
+        s.collect_str(&humantime::format_rfc3339_micros(t))
+    }
 }
 
 fn item_response(status: StatusCode, item: &Item, created: bool) -> Response {
