@@ -5,18 +5,21 @@
 #                (with its correctness check) and, for fsync=always, by wrk;
 #   2. PostgreSQL pgbench hot-row guarded UPDATE, synchronous_commit on|off;
 #   3. Redis     Lua-guarded delta (EVALSHA), appendfsync always|everysec;
-#   4. axum      the stateless HTTP ceiling, driven by wrk.
+#   4. axum      the stateless HTTP ceiling, driven by wrk;
+#   5. interleaved: CountIQ always, Redis always and axum started together
+#                and run round-robin, ROUNDS times, for drift-free ratios.
 # Prints one markdown table (also bench/out/table.md); raw output in bench/out/.
 #
 # Knobs (environment): DURATION s per run (10), CONNS (64), RUNS per
-# configuration (3, medians reported), STAGES ("countiq postgres redis axum"),
+# configuration (3, medians reported), ROUNDS of the interleaved stage (5),
+# STAGES ("countiq postgres redis axum interleaved"),
 # PG_ROWS (100000), AXUM_BUILD_DIR (/tmp/countiq-bench-axum-ceiling).
 # Every server is started here on 127.0.0.1 only, in a fresh temp dir, and
 # stopped at exit (by PID); every load run is bounded by -d/-T/-n + timeout.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
-STAGES="${STAGES:-countiq postgres redis axum}"
+STAGES="${STAGES:-countiq postgres redis axum interleaved}"
 PG_ROWS="${PG_ROWS:-100000}"
 AXUM_BUILD_DIR="${AXUM_BUILD_DIR:-/tmp/countiq-bench-axum-ceiling}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
@@ -282,12 +285,22 @@ CONF
 
 # ------------------------------------------------------------------- axum --
 
-stage_axum() {
+build_axum() {
   mkdir -p "$AXUM_BUILD_DIR/src"
   cp "$BENCH_DIR/axum-ceiling/Cargo.toml" "$AXUM_BUILD_DIR/"
   cp "$BENCH_DIR/axum-ceiling/src/main.rs" "$AXUM_BUILD_DIR/src/"
   log "cargo build --release in $AXUM_BUILD_DIR"
   (cd "$AXUM_BUILD_DIR" && CARGO_TARGET_DIR="$AXUM_BUILD_DIR/target" cargo build --release -q)
+}
+
+build_countiq_axum() {
+  log "cargo build --release (countiq) in $REPO_DIR"
+  (cd "$REPO_DIR" && cargo build --release -q --bin countiq)
+  build_axum
+}
+
+stage_axum() {
+  build_axum
   local port pid url
   port="$(free_port)"
   "$AXUM_BUILD_DIR/target/release/axum-ceiling" "127.0.0.1:$port" 2>"$OUT_DIR/axum-server.log" &
@@ -299,6 +312,79 @@ stage_axum() {
   # A (never checked) token of the same shape: same request bytes as CountIQ's wrk run.
   BENCH_TOKEN="$(mint_jwt bench-wrk "$(openssl rand -hex 32)")" wrk_series axum-ceiling "$url" "axum ceiling" "stateless, no I/O" n/a
   stop_pid "$pid"
+}
+
+# ------------------------------------------------------------ interleaved --
+
+# This box's speed drifts by ±15% within minutes (a shared host), so stages
+# run minutes apart can skew a ratio. This stage starts the three HTTP/RESP
+# rivals of the hot-owner goals at once (CountIQ fsync=always, Redis
+# appendfsync=always, the axum ceiling) and runs them round-robin, ROUNDS
+# times (5), one run each per round; the ratios are per round (runs seconds
+# apart), then the median over rounds.
+wrk_once() { # LABEL URL -> "rps p50_ms p99_ms"
+  local line
+  line="$(timeout $((DURATION + RUN_GRACE_S)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency \
+            -s "$BENCH_DIR/patch.lua" "$2" 2>&1 | tee -a "$OUT_DIR/wrk-$1.txt" | grep '^WRKRESULT' || true)"
+  [[ -n "$line" ]] || { echo "NA NA NA"; return; }
+  sed -E 's/.* rps=([0-9.]+).* p50_ms=([0-9.]+) p99_ms=([0-9.]+).*/\1 \2 \3/' <<<"$line"
+}
+
+stage_interleaved() {
+  local rounds="${ROUNDS:-5}" bin cport cpid token id rport rpid sha n rps0 aport apid aurl r
+  build_countiq_axum
+  bin="$CARGO_TARGET_DIR/release/countiq"
+  cport="$(free_port)"
+  COUNTIQ_JWT_SECRET="$(openssl rand -hex 32)"
+  export COUNTIQ_JWT_SECRET
+  "$bin" serve --addr "127.0.0.1:$cport" --data-dir "$WORK/countiq-il/data" --fsync always \
+    >"$OUT_DIR/countiq-server-interleaved.log" 2>&1 &
+  cpid=$!; STARTED_PIDS+=("$cpid")
+  wait_ready "$cport"
+  token="$(mint_jwt bench-wrk "$COUNTIQ_JWT_SECRET")"
+  id="$(curl -fsS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+        -d "{\"name\":\"wrk-hot\",\"qty\":$START_QTY}" "http://127.0.0.1:$cport/items" | jq -r .id)"
+
+  rport="$(free_port)"
+  rm -rf "$WORK/redis-il"; mkdir -p "$WORK/redis-il"
+  printf '%s\n' "bind 127.0.0.1" "port $rport" "daemonize no" "dir $WORK/redis-il" 'save ""' \
+    "appendonly yes" "appendfsync always" "auto-aof-rewrite-percentage 0" "logfile $WORK/redis-il/redis.log" \
+    >"$WORK/redis-il/redis.conf"
+  redis-server "$WORK/redis-il/redis.conf" &
+  rpid=$!; STARTED_PIDS+=("$rpid")
+  wait_port "$rport"
+  redis-cli -h 127.0.0.1 -p "$rport" SET item:hot "$START_QTY" >/dev/null
+  sha="$(redis-cli -h 127.0.0.1 -p "$rport" SCRIPT LOAD "$REDIS_LUA")"
+  read -r rps0 _ <<<"$(redis_once "$rport" 20000 "$sha")"
+  n="$(awk -v r="${rps0:-1000}" -v d="$DURATION" 'BEGIN { n = int(r * d); if (n < 5000) n = 5000; print n }')"
+
+  aport="$(free_port)"
+  "$AXUM_BUILD_DIR/target/release/axum-ceiling" "127.0.0.1:$aport" 2>"$OUT_DIR/axum-server-interleaved.log" &
+  apid=$!; STARTED_PIDS+=("$apid")
+  wait_port "$aport"
+  aurl="http://127.0.0.1:$aport/items/c4ca4238-a0b9-2382-0dcc-509a6f75849b/qty"
+  local atoken
+  atoken="$(mint_jwt bench-wrk "$(openssl rand -hex 32)")"
+
+  local c=() rd=() ax=() cr=() ar=() cp50=() rp50=() ap50=() cp99=() rp99=() ap99=() x p5 p9
+  for r in $(seq 1 "$rounds"); do
+    read -r x p5 p9 <<<"$(BENCH_TOKEN="$token" wrk_once countiq-il "http://127.0.0.1:$cport/items/$id/qty")"
+    c+=("$x"); cp50+=("$p5"); cp99+=("$p9")
+    read -r x p5 p9 <<<"$(redis_once "$rport" "$n" "$sha")"
+    rd+=("$x"); rp50+=("$p5"); rp99+=("$p9")
+    read -r x p5 p9 <<<"$(BENCH_TOKEN="$atoken" wrk_once axum-il "$aurl")"
+    ax+=("$x"); ap50+=("$p5"); ap99+=("$p9")
+    cr+=("$(awk -v a="${c[-1]}" -v b="${rd[-1]}" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')")
+    ar+=("$(awk -v a="${c[-1]}" -v b="${ax[-1]}" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')")
+    log "interleaved round $r: CountIQ ${c[-1]} (p99 ${cp99[-1]} ms), Redis always ${rd[-1]}, axum ${ax[-1]}; CountIQ/Redis ${cr[-1]}, CountIQ/axum ${ar[-1]}"
+  done
+  record "interleaved" "CountIQ fsync=always" "wrk -t2" yes "$(median "${c[@]}")" "$(median "${cp50[@]}")" "$(median "${cp99[@]}")" "${c[*]}" \
+    "per-round ÷ Redis always: ${cr[*]} (median $(median "${cr[@]}")); ÷ axum: ${ar[*]} (median $(median "${ar[@]}"))"
+  record "interleaved" "Redis appendfsync=always" "redis-benchmark -P1" yes "$(median "${rd[@]}")" "$(median "${rp50[@]}")" "$(median "${rp99[@]}")" "${rd[*]}" "n=$n"
+  record "interleaved" "axum ceiling" "wrk -t2" n/a "$(median "${ax[@]}")" "$(median "${ap50[@]}")" "$(median "${ap99[@]}")" "${ax[*]}" ""
+  curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$cport/items/$id" | jq -c '{qty, version}' \
+    | sed 's/^/countiq interleaved final item: /' >&2
+  stop_pid "$cpid"; stop_pid "$rpid"; stop_pid "$apid"
 }
 
 # ------------------------------------------------------------------ table --
@@ -338,7 +424,7 @@ machine_facts() {
 # trap, so one failing stage stops only its own servers and the rest still run.
 FAILED=()
 for stage in $STAGES; do
-  case "$stage" in countiq|postgres|redis|axum) ;; *) log "unknown stage $stage"; exit 2 ;; esac
+  case "$stage" in countiq|postgres|redis|axum|interleaved) ;; *) log "unknown stage $stage"; exit 2 ;; esac
   log "=== stage $stage"
   set +e
   (
