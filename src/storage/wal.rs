@@ -154,6 +154,19 @@ struct Writer<D, W> {
 }
 
 impl<D: LogDisk, W: Waiter> Writer<D, W> {
+    /// How big a prepared segment is. Preallocation only pays where a
+    /// sync follows each batch (`--fsync always`: the sync then flushes
+    /// data only). With `--fsync never` nothing waits for a sync, and
+    /// zero-filling would write every byte twice and cap the log at half
+    /// the disk's bandwidth, so those segments are created empty (just the
+    /// header's room) and grow by appends, as in format v1.
+    fn preallocate_bytes(&self) -> u64 {
+        match self.config.fsync {
+            FsyncPolicy::Always => self.config.segment_bytes,
+            FsyncPolicy::Never => 0,
+        }
+    }
+
     /// `started` is sent to once the first segment is installed or could
     /// not be.
     fn run(mut self, started: mpsc::SyncSender<()>) -> io::Result<()> {
@@ -164,7 +177,7 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
         // batch, so `durable + 1` is the pipeline's starting LSN.
         let first_lsn = self.pipeline.durable_lsn() + 1;
         // Dropped (stopped and joined) on every return below.
-        let preparer = match Preparer::start(self.disk.clone(), self.config.segment_bytes) {
+        let preparer = match Preparer::start(self.disk.clone(), self.preallocate_bytes()) {
             Ok(p) => p,
             Err(e) => return Err(self.fail_empty(e)),
         };
