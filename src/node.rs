@@ -71,7 +71,7 @@ pub struct Node {
     /// `Some(reason)` once the log has failed.
     fatal: watch::Receiver<Option<String>>,
     /// One checkpoint at a time.
-    checkpoint_lock: tokio::sync::Mutex<u64>,
+    checkpoint_lock: Arc<tokio::sync::Mutex<u64>>,
     checkpointer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held for the node's life: the data dir's exclusive lock.
     _lock: crate::storage::recovery::DirLock,
@@ -130,7 +130,7 @@ impl Node {
             registry,
             config,
             fatal,
-            checkpoint_lock: tokio::sync::Mutex::new(recovered.next_lsn),
+            checkpoint_lock: Arc::new(tokio::sync::Mutex::new(recovered.next_lsn)),
             checkpointer: std::sync::Mutex::new(None),
             _lock: recovered.lock,
         });
@@ -171,8 +171,15 @@ impl Node {
     /// the LSN that was next when it started; each owner's section also
     /// records its own last LSN. It is written only once everything it
     /// contains is durable, so a snapshot never runs ahead of the log.
+    ///
+    /// One checkpoint at a time, including its blocking part: the lock's
+    /// guard moves into the blocking task, so a checkpoint whose future is
+    /// dropped mid-write (the background checkpointer, aborted at shutdown)
+    /// still holds the lock until its file is written and pruned. Without
+    /// that, the shutdown's checkpoint raced the orphaned one on the same
+    /// snapshot file (found by the SIGTERM soak: ENOENT on rename).
     pub async fn checkpoint(&self) -> Result<SnapshotInfo, NodeError> {
-        let mut last_covers = self.checkpoint_lock.lock().await;
+        let last_covers = self.checkpoint_lock.clone().lock_owned().await;
         let started = Instant::now();
         let covers = self.pipeline().next_lsn();
         let copies = self
@@ -198,14 +205,15 @@ impl Node {
             .collect();
         let dir = self.config.data_dir.clone();
         let info = tokio::task::spawn_blocking(move || {
+            let mut last_covers = last_covers;
             let info = write_snapshot(&dir, covers, owners)
                 .map_err(|e| NodeError::Snapshot(e.to_string()))?;
             prune(&dir).map_err(|e| NodeError::Snapshot(e.to_string()))?;
+            *last_covers = covers;
             Ok::<_, NodeError>(info)
         })
         .await
         .map_err(|e| NodeError::Join(e.to_string()))??;
-        *last_covers = covers;
         metrics::histogram!("countiq_snapshot_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(
             covers,
@@ -260,6 +268,69 @@ async fn checkpointer(node: std::sync::Weak<Node>) {
                 tracing::error!(error = %e, "snapshot failed");
             }
             last_at = Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actor::{Answer, Request, SystemClock};
+    use crate::domain::{Command, ItemName, OwnerId, Qty};
+
+    /// Goal: a checkpoint whose future is dropped while its file is being
+    /// written (as shutdown aborts the background checkpointer) never races
+    /// the next checkpoint. Method: an owner with enough items that a
+    /// snapshot takes a while; 30 times, start a checkpoint, drop it as soon
+    /// as its temp file exists (inside the blocking write), then run a
+    /// checkpoint to completion: each must succeed. Without the lock held
+    /// through the blocking part, the second one renamed or pruned under the
+    /// first (ENOENT) within the first rounds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_checkpoint_never_races_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(dir.path());
+        config.actor = ActorConfig {
+            idle_after: None,
+            ..ActorConfig::default()
+        };
+        config.snapshot_interval = None;
+        config.snapshot_every_records = 0;
+        config.fsync = FsyncPolicy::Never;
+        let node = Node::open(config, Box::new(SystemClock)).await.unwrap();
+        let owner = OwnerId::new("big").unwrap();
+        for i in 0..20_000 {
+            let cmd = Command::Create {
+                name: ItemName::new(&format!("item-{i}")).unwrap(),
+                qty: Qty::new(1).unwrap(),
+            };
+            let answer = node
+                .registry()
+                .call(&owner, Request::Write { cmd, key: None })
+                .await
+                .unwrap();
+            assert!(matches!(answer, Answer::Done { result: Ok(_), .. }));
+        }
+        let node = Arc::new(node);
+        let writing = |dir: &std::path::Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        };
+        for round in 0..30u32 {
+            let n = node.clone();
+            let first = tokio::spawn(async move { n.checkpoint().await });
+            // Drop it once its snapshot file is being written (a temp file
+            // exists), or when it finished first.
+            while !writing(dir.path()) && !first.is_finished() {
+                tokio::task::yield_now().await;
+            }
+            first.abort();
+            let _ = first.await;
+            node.checkpoint()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
         }
     }
 }

@@ -87,6 +87,14 @@ async fn start(dir: &Path) -> Server {
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // The server's warnings, errors and non-log output (an exit
+            // error) go to the test's output (shown when a test fails), so
+            // a failed round says why.
+            let json = line.starts_with('{');
+            if !json || line.contains("\"level\":\"ERROR\"") || line.contains("\"level\":\"WARN\"")
+            {
+                eprintln!("server: {line}");
+            }
             if !sent && line.contains("\"listening\"") {
                 let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
                 if let Some(addr) = v["fields"]["addr"].as_str() {

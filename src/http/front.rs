@@ -150,7 +150,12 @@ where
                 let status = response.status();
                 let elapsed = started.elapsed();
                 labels.record(status, elapsed);
-                if status.is_server_error() {
+                // 500 is a bug: always logged. The other 5xx are states the
+                // node reports on purpose (503 not ready, overloaded, log
+                // failed — the failure itself is logged where it happens);
+                // logging each at ERROR would flood the log exactly when
+                // the node is busiest. They are counted by status either way.
+                if status == StatusCode::INTERNAL_SERVER_ERROR {
                     tracing::error!(
                         status = status.as_u16(),
                         route = labels.route(),
