@@ -6,43 +6,19 @@
 //!     cargo bench --bench owners_memory            # N = 100000
 //!     COUNTIQ_BENCH_OWNERS=200000 cargo bench --bench owners_memory
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use countiq::actor::{ActorConfig, Answer, Request, SystemClock};
+use countiq::alloc_count::{live_bytes, Counting};
 use countiq::domain::{Command, ItemName, OwnerId, Qty};
 use countiq::node::{Node, NodeConfig};
 use countiq::storage::wal::FsyncPolicy;
-
-/// Counts live heap bytes exactly (RSS would not show memory that parking
-/// frees: the allocator keeps it for reuse).
-struct Counting;
-
-static LIVE: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as u64, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
 fn live_heap_bytes() -> u64 {
-    LIVE.load(Ordering::Relaxed)
+    live_bytes().max(0) as u64
 }
 
 fn main() {

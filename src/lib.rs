@@ -17,6 +17,7 @@
 //! - `sync`: std/loom shim for the primitives loom checks.
 
 pub mod actor;
+pub mod alloc_count;
 pub mod auth;
 pub mod domain;
 pub mod http;

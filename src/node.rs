@@ -272,6 +272,19 @@ async fn checkpointer(node: std::sync::Weak<Node>) {
     }
 }
 
+/// For unit tests: no idle parking and no snapshots unless a test takes one.
+#[cfg(test)]
+pub(crate) fn quiet_config(dir: &std::path::Path) -> NodeConfig {
+    let mut config = NodeConfig::new(dir);
+    config.actor = ActorConfig {
+        idle_after: None,
+        ..ActorConfig::default()
+    };
+    config.snapshot_interval = None;
+    config.snapshot_every_records = 0;
+    config
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,13 +302,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_checkpoint_never_races_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = NodeConfig::new(dir.path());
-        config.actor = ActorConfig {
-            idle_after: None,
-            ..ActorConfig::default()
-        };
-        config.snapshot_interval = None;
-        config.snapshot_every_records = 0;
+        let mut config = quiet_config(dir.path());
         config.fsync = FsyncPolicy::Never;
         let node = Node::open(config, Box::new(SystemClock)).await.unwrap();
         let owner = OwnerId::new("big").unwrap();

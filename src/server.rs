@@ -11,7 +11,8 @@
 //! bound. Bounds: `CONNECTIONS_MAX` open connections (more are closed on
 //! accept), `HEADER_READ_TIMEOUT` to send a request head, `IN_FLIGHT_MAX`
 //! requests in handlers (more are shed with 503 `overloaded` at once, before
-//! they take memory), `REQUEST_TIMEOUT` per request (408).
+//! they take memory), `REQUEST_TIMEOUT` per request (408). The last two are
+//! defined in `http` and enforced by `http::front`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use tokio::sync::{watch, Semaphore};
 use crate::actor::SystemClock;
 use crate::auth::Auth;
 use crate::http::{app, AppState};
-pub use crate::http::{IN_FLIGHT_MAX, REQUEST_TIMEOUT};
 use crate::node::{Node, NodeConfig};
 use crate::telemetry;
 

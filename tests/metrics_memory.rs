@@ -4,32 +4,10 @@
 //! (by a scrape or by `telemetry::drain_histograms`, which the server's
 //! sampler calls every second). Before the drain existed, a node that was
 //! never scraped grew by ~8 bytes per sample, forever. This binary counts
-//! live heap bytes exactly with its own global allocator.
+//! live heap bytes exactly with `countiq::alloc_count`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicI64, Ordering};
-
+use countiq::alloc_count::{live_bytes, Counting};
 use countiq::telemetry;
-
-struct Counting;
-
-static LIVE: AtomicI64 = AtomicI64::new(0);
-
-// SAFETY: forwards to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -44,11 +22,11 @@ fn draining_keeps_histogram_memory_bounded() {
     telemetry::drain_histograms();
 
     // Undrained, the samples are all kept: at least 8 bytes each.
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     for i in 0..SAMPLES {
         histogram.record(i as f64 * 1e-6);
     }
-    let grown = LIVE.load(Ordering::Relaxed) - before;
+    let grown = live_bytes() - before;
     assert!(
         grown >= (SAMPLES * 8) as i64,
         "the recorder buffers raw samples: {grown} bytes for {SAMPLES} samples"
@@ -65,7 +43,7 @@ fn draining_keeps_histogram_memory_bounded() {
         }
         telemetry::drain_histograms();
     }
-    let kept = LIVE.load(Ordering::Relaxed) - before;
+    let kept = live_bytes() - before;
     assert!(
         kept < 2 * grown,
         "after draining, {kept} bytes are still held (undrained: {grown})"

@@ -32,7 +32,7 @@ use crate::telemetry;
 /// echoed on the response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The layer: `Router::layer(Front::layer(max_in_flight, timeout))`.
+/// The layer: `Router::layer(FrontLayer::new(max_in_flight, timeout))`.
 #[derive(Clone)]
 pub struct FrontLayer {
     in_flight: Arc<AtomicUsize>,

@@ -135,27 +135,23 @@ pub fn dump(dir: &Path, out: &mut impl Write) -> Result<ScanReport, Error> {
     Ok(report)
 }
 
+fn describe_item(kind: &str, i: &crate::domain::Item, at: i64) -> String {
+    format!(
+        "{kind} id={} name={:?} qty={} v={} at={at}",
+        i.id,
+        i.name.as_str(),
+        i.qty.get(),
+        i.version
+    )
+}
+
 /// A record in one line, e.g.
 /// `lsn=7 owner=alice QtySet id=… qty=5 v=3 at=… key=k-1`.
 pub fn describe_record(rec: &Record) -> String {
     let event = match &rec.event {
         None => "-".to_string(),
-        Some(Event::Created(i)) => format!(
-            "Created id={} name={:?} qty={} v={} at={}",
-            i.id,
-            i.name.as_str(),
-            i.qty.get(),
-            i.version,
-            i.created_at
-        ),
-        Some(Event::Replaced(i)) => format!(
-            "Replaced id={} name={:?} qty={} v={} at={}",
-            i.id,
-            i.name.as_str(),
-            i.qty.get(),
-            i.version,
-            i.updated_at
-        ),
+        Some(Event::Created(i)) => describe_item("Created", i, i.created_at),
+        Some(Event::Replaced(i)) => describe_item("Replaced", i, i.updated_at),
         Some(Event::QtySet { change, at }) => format!(
             "QtySet id={} qty={} v={} at={at}",
             change.id,
