@@ -34,18 +34,6 @@ trap 'rm -rf "$WORK"' EXIT
 
 # ---------------------------------------------------------------- CountIQ --
 
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-
-# mint_jwt OWNER SECRET : HS256 token, sub=OWNER, valid 1 h (key = raw bytes).
-mint_jwt() {
-  local owner="$1" secret="$2" now h p s
-  now="$(date +%s)"
-  h="$(printf '%s' '{"alg":"HS256","typ":"JWT"}' | b64url)"
-  p="$(printf '{"sub":"%s","iat":%d,"exp":%d}' "$owner" "$now" "$((now + 3600))" | b64url)"
-  s="$(printf '%s' "$h.$p" | openssl dgst -sha256 -hmac "$secret" -binary | b64url)"
-  printf '%s.%s.%s\n' "$h" "$p" "$s"
-}
-
 wait_ready() {
   local port="$1"
   for _ in $(seq 1 "$READY_TRIES"); do

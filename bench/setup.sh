@@ -17,6 +17,7 @@ command -v curl            >/dev/null || need+=(curl)
 command -v jq              >/dev/null || need+=(jq)
 command -v openssl         >/dev/null || need+=(openssl)
 command -v shellcheck      >/dev/null || need+=(shellcheck)
+command -v valgrind        >/dev/null || need+=(valgrind)       # bench/instructions.sh
 
 if ((${#need[@]})); then
   if [[ "$(id -u)" != 0 ]]; then

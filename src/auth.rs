@@ -129,7 +129,10 @@ pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
-    cache: std::sync::Arc<dashmap::DashMap<Box<str>, Verified>>,
+    /// Hashed with foldhash, not SipHash: looked up with every request's
+    /// token (~200 bytes), and only verified tokens are ever inserted, so a
+    /// client cannot fill it with keys chosen to collide.
+    cache: std::sync::Arc<dashmap::DashMap<Box<str>, Verified, foldhash::fast::RandomState>>,
 }
 
 impl Auth {

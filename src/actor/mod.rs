@@ -348,10 +348,11 @@ impl OwnerActor {
                 return self.respond(tx, answer);
             }
         }
-        let ctx = Ctx {
-            now,
-            new_id: Uuid::now_v7(),
+        let new_id = match cmd {
+            Command::Create { .. } => Uuid::now_v7(),
+            _ => Uuid::nil(),
         };
+        let ctx = Ctx { now, new_id };
         let (event, result) = match self.state.decide(&cmd, ctx) {
             Ok(event) => {
                 if let Some(e) = &event {

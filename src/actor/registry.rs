@@ -49,7 +49,10 @@ impl Mailbox for OwnerHandle {
 }
 
 struct Inner {
-    slots: DashMap<OwnerId, Arc<OwnerSlot>>,
+    /// foldhash, not the default SipHash: the map is looked up on every
+    /// request, and its keys are owner ids from verified tokens, which a
+    /// client cannot choose freely to make them collide.
+    slots: DashMap<OwnerId, Arc<OwnerSlot>, foldhash::fast::RandomState>,
     shared: Arc<Shared>,
     /// Actors started, ever (the `countiq_actor_activations_total` metric,
     /// kept here too so tests can count activations exactly).
@@ -66,7 +69,7 @@ impl Registry {
     pub fn new(shared: Arc<Shared>) -> Self {
         Registry {
             inner: Arc::new(Inner {
-                slots: DashMap::new(),
+                slots: DashMap::default(),
                 shared,
                 activations: AtomicU64::new(0),
             }),

@@ -95,7 +95,9 @@ pub enum Command {
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx {
     pub now: Micros,
-    /// The id a `Create` gets (UUID v7 from the actor).
+    /// The id a `Create` gets (UUID v7 from the actor). Other commands
+    /// ignore it, so the actor passes the nil id for them and skips
+    /// generating one.
     pub new_id: Uuid,
 }
 

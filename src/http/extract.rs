@@ -46,12 +46,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+///
+/// A small body nearly always arrives as one data frame: that frame's bytes
+/// are returned as they are, without copying them into a collection.
 async fn read_limited(body: Body) -> Result<bytes::Bytes, ApiError> {
-    match Limited::new(body, BODY_BYTES_MAX).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge),
-        Err(_) => Err(ApiError::InvalidBody("the body could not be read".into())),
+    let read_error = |e: axum::BoxError| {
+        if e.downcast_ref::<LengthLimitError>().is_some() {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::InvalidBody("the body could not be read".into())
+        }
+    };
+    let mut body = Limited::new(body, BODY_BYTES_MAX);
+    let mut first: Option<bytes::Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        // Trailers carry no body bytes; they are ignored.
+        let Ok(data) = frame.map_err(read_error)?.into_data() else {
+            continue;
+        };
+        match (&mut joined, first.take()) {
+            (Some(all), _) => all.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(earlier)) => {
+                let mut all = bytes::BytesMut::with_capacity(earlier.len() + data.len());
+                all.extend_from_slice(&earlier);
+                all.extend_from_slice(&data);
+                joined = Some(all);
+            }
+        }
     }
+    Ok(match joined {
+        Some(all) => all.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 /// `application/json`, `application/<x>+json`, with any parameters.
@@ -62,14 +90,16 @@ fn is_json(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    // Compared without case and without allocating: this runs per write.
+    let essence = value.split(';').next().unwrap_or("").trim().as_bytes();
+    let starts = |prefix: &[u8]| {
+        essence.len() >= prefix.len() && essence[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    let ends = |suffix: &[u8]| {
+        essence.len() >= suffix.len()
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    essence.eq_ignore_ascii_case(b"application/json") || (starts(b"application/") && ends(b"+json"))
 }
 
 /// The owner named by a valid bearer token. Checks readiness first: a node
@@ -317,5 +347,66 @@ mod tests {
         assert!(idempotency(&two, "PATCH", "/x", None, Some(&body)).is_err());
         let bad = headers(&[("idempotency-key", "a b")]);
         assert!(idempotency(&bad, "PATCH", "/x", None, Some(&body)).is_err());
+    }
+
+    /// A body delivered as the given frames, one per poll.
+    struct Frames(std::collections::VecDeque<http_body_util::Full<bytes::Bytes>>);
+
+    impl axum::body::HttpBody for Frames {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            match self.0.front_mut() {
+                None => std::task::Poll::Ready(None),
+                Some(full) => {
+                    let frame = std::pin::Pin::new(full).poll_frame(cx);
+                    self.0.pop_front();
+                    frame
+                }
+            }
+        }
+    }
+
+    fn body(chunks: &[&[u8]]) -> Body {
+        Body::new(Frames(
+            chunks
+                .iter()
+                .map(|c| http_body_util::Full::new(bytes::Bytes::copy_from_slice(c)))
+                .collect(),
+        ))
+    }
+
+    /// One frame is returned as it is, several are joined in order, none is
+    /// an empty body, and the limit holds across frames.
+    #[tokio::test]
+    async fn bodies_are_read_whole_and_bounded() {
+        assert_eq!(
+            &read_limited(body(&[b"{\"delta\":1}"])).await.unwrap()[..],
+            b"{\"delta\":1}"
+        );
+        assert_eq!(
+            &read_limited(body(&[b"{\"de", b"lta\"", b":1}"]))
+                .await
+                .unwrap()[..],
+            b"{\"delta\":1}"
+        );
+        assert!(read_limited(body(&[])).await.unwrap().is_empty());
+        let half = vec![b' '; BODY_BYTES_MAX / 2 + 1];
+        assert!(matches!(
+            read_limited(body(&[&half, &half])).await,
+            Err(ApiError::PayloadTooLarge)
+        ));
+        let exact = vec![b' '; BODY_BYTES_MAX];
+        assert_eq!(
+            read_limited(body(&[&exact[..10], &exact[10..]]))
+                .await
+                .unwrap()
+                .len(),
+            BODY_BYTES_MAX
+        );
     }
 }

@@ -104,17 +104,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn call(&mut self, req: Request) -> Self::Future {
         let started = Instant::now();
         let labels =
             telemetry::RequestLabels::of(req.extensions().get::<MatchedPath>(), req.method());
+        // Handlers do not read the id, so a generated one is not written
+        // into the request: it goes to the span and the response only.
         let request_id = match req.headers().get(&REQUEST_ID) {
             Some(id) => id.clone(),
-            None => {
-                let id = new_request_id();
-                req.headers_mut().insert(REQUEST_ID, id.clone());
-                id
-            }
+            None => new_request_id(),
         };
         // At DEBUG only: the fmt subscriber formats a span's fields when the
         // span is created, a measurable cost at tens of thousands of
