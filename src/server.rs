@@ -11,8 +11,8 @@
 //! bound. Bounds: `CONNECTIONS_MAX` open connections (more are closed on
 //! accept), `HEADER_READ_TIMEOUT` to send a request head, `IN_FLIGHT_MAX`
 //! requests in handlers (more are shed with 503 `overloaded` at once, before
-//! they take memory), `REQUEST_TIMEOUT` per request (408). The last two are
-//! defined in `http` and enforced by `http::front`.
+//! they take memory; `http::front`), `BODY_READ_TIMEOUT` to send a request
+//! body once the head is in (408; `http::extract`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -79,7 +79,7 @@ impl ApiError {
                 "body_too_large",
                 format!("the body must be at most {} bytes", super::BODY_BYTES_MAX),
             ),
-            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long".into()),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request body did not arrive in time".into()),
             Rejected(r) => rejection_parts(r),
             KeyReused => (
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -12,12 +12,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::{AppState, BODY_BYTES_MAX};
+use super::{AppState, BODY_BYTES_MAX, BODY_READ_TIMEOUT};
 use crate::domain::idempotency::{Fingerprint, IdemKey};
 use crate::domain::{OwnerId, Precondition};
 
 /// A JSON body parsed strictly: `Content-Type` must be JSON (415), the body
-/// at most `BODY_BYTES_MAX` (413), and the shape exact (400 `invalid_body`):
+/// at most `BODY_BYTES_MAX` (413) and complete within `BODY_READ_TIMEOUT`
+/// (408), and the shape exact (400 `invalid_body`):
 /// the body types deny unknown fields, serde refuses duplicate fields, and
 /// integer fields refuse `true`, `1.0`, `1e3`, `"1"`, `null` and anything
 /// outside `i64`.
@@ -39,7 +40,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
             return Err(ApiError::PayloadTooLarge);
         }
-        let bytes = read_limited(body).await?;
+        // Lazy: the timer is only registered if the body is not all there
+        // at the first poll, which for a small body it nearly always is.
+        let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(body))
+            .await
+            .map_err(|_elapsed| ApiError::RequestTimeout)??;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::InvalidBody(e.to_string()))
@@ -408,5 +413,40 @@ mod tests {
                 .len(),
             BODY_BYTES_MAX
         );
+    }
+
+    /// Sends its bytes, then never ends (a client that stalls mid-body).
+    struct Stall(Option<bytes::Bytes>);
+
+    impl axum::body::HttpBody for Stall {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(data) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                None => std::task::Poll::Pending,
+            }
+        }
+    }
+
+    /// A body that stops arriving gets 408 once `BODY_READ_TIMEOUT` has
+    /// passed (tokio's clock is paused and jumps to the next timer), and not
+    /// before.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_gets_408_after_the_body_timeout() {
+        let req = Request::builder()
+            .method("PATCH")
+            .uri("/items/x/qty")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::new(Stall(Some(bytes::Bytes::from_static(b"{\"de")))))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let result = JsonBody::<serde_json::Value>::from_request(req, &()).await;
+        assert!(matches!(result, Err(ApiError::RequestTimeout)));
+        assert_eq!(started.elapsed(), BODY_READ_TIMEOUT);
     }
 }

@@ -1,6 +1,6 @@
 //! The one per-request layer around every route: the in-flight bound, the
-//! request id, the whole-request timeout, the problem format for bodies
-//! made outside our handlers, the request histogram and the DEBUG span.
+//! request id, the problem format for bodies made outside our handlers, the
+//! request histogram and the DEBUG span.
 //!
 //! These were six tower layers (`SetRequestId`, `PropagateRequestId`,
 //! `LoadShed` + `ConcurrencyLimit`, `Trace`, `Timeout`, two axum `from_fn`
@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
@@ -32,22 +32,29 @@ use crate::telemetry;
 /// echoed on the response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The layer: `Router::layer(FrontLayer::new(max_in_flight, timeout))`.
+/// The layer: `Router::layer(FrontLayer::new(max_in_flight))`.
+///
+/// There is no whole-request timeout here. What a client can stall is
+/// bounded where it happens: the head by hyper's header-read timeout, the
+/// body by the body-read timeout in `extract::JsonBody` (408). The rest of
+/// a request is the server's own work, and a write's reply waits for its
+/// log record to be durable: answering 408 ("you were too slow") there
+/// would be wrong, and would not undo the write. A log that cannot sync
+/// fails and answers 503. (A per-request timer also cost ~5% of the user
+/// CPU of a durable PATCH: one timer-wheel insert and removal each.)
 #[derive(Clone)]
 pub struct FrontLayer {
     in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
-    timeout: Duration,
 }
 
 impl FrontLayer {
     /// At most `max_in_flight` requests inside handlers at once (more get
-    /// 503 `overloaded` at once); each gets 408 after `timeout`.
-    pub fn new(max_in_flight: usize, timeout: Duration) -> Self {
+    /// 503 `overloaded` at once).
+    pub fn new(max_in_flight: usize) -> Self {
         FrontLayer {
             in_flight: Arc::new(AtomicUsize::new(0)),
             max_in_flight,
-            timeout,
         }
     }
 }
@@ -129,7 +136,6 @@ where
         // Call the route now (routes are always ready): the boxed future
         // below is the only allocation this layer makes per request.
         let call = guard.is_some().then(|| self.inner.call(req));
-        let timeout = self.layer.timeout;
         Box::pin(
             async move {
                 let response = match call {
@@ -137,9 +143,8 @@ where
                         metrics::counter!("countiq_http_requests_shed_total").increment(1);
                         ApiError::Overloaded.into_response()
                     }
-                    Some(call) => match tokio::time::timeout(timeout, call).await {
-                        Ok(Ok(response)) => response,
-                        Err(_elapsed) => ApiError::RequestTimeout.into_response(),
+                    Some(call) => match call.await {
+                        Ok(response) => response,
                     },
                 };
                 drop(guard);
@@ -222,6 +227,7 @@ mod tests {
     use axum::body::Body;
     use axum::routing::get;
     use axum::Router;
+    use std::time::Duration;
     use tokio::sync::{oneshot, Mutex};
     use tower::ServiceExt;
 
@@ -254,7 +260,7 @@ mod tests {
                     }
                 }),
             )
-            .layer(FrontLayer::new(MAX, Duration::from_secs(60)));
+            .layer(FrontLayer::new(MAX));
 
         let mut pending = Vec::new();
         for _ in 0..MAX {
@@ -286,31 +292,12 @@ mod tests {
         }
     }
 
-    /// A handler that outlives the timeout gets 408 in the problem format,
-    /// and its in-flight slot is given back.
-    #[tokio::test]
-    async fn timeout_is_a_problem_408_and_frees_the_slot() {
-        // The handler never finishes, so the outcome does not depend on
-        // timing; the short timeout only keeps the test fast.
-        let layer = FrontLayer::new(1, Duration::from_millis(50));
-        let app = Router::new()
-            .route("/hang", get(std::future::pending::<&'static str>))
-            .route("/ok", get(|| async { "ok" }))
-            .layer(layer.clone());
-        let r = app.clone().oneshot(get_req("/hang")).await.unwrap();
-        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
-        assert_eq!(r.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
-        assert_eq!(layer.in_flight.load(Ordering::Acquire), 0);
-        let r = app.oneshot(get_req("/ok")).await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-    }
-
     /// A given request id is echoed; a missing one is generated (a UUID).
     #[tokio::test]
     async fn request_id_is_echoed_or_generated() {
         let app = Router::new()
             .route("/ok", get(|| async { "ok" }))
-            .layer(FrontLayer::new(8, Duration::from_secs(5)));
+            .layer(FrontLayer::new(8));
         let mut req = get_req("/ok");
         req.headers_mut()
             .insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
@@ -326,7 +313,7 @@ mod tests {
     async fn bare_405_becomes_a_problem_with_allow() {
         let app = Router::new()
             .route("/ok", get(|| async { "ok" }))
-            .layer(FrontLayer::new(8, Duration::from_secs(5)));
+            .layer(FrontLayer::new(8));
         let req = Request::builder()
             .method("DELETE")
             .uri("/ok")

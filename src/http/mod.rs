@@ -34,8 +34,9 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// Page size bounds for `GET /items`.
 pub const LIST_LIMIT_MAX: usize = 1000;
 pub const LIST_LIMIT_DEFAULT: usize = 100;
-/// Whole-request timeout (408 after it).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a client has to send a request body once its head is in (408
+/// after it). The head itself has `server::HEADER_READ_TIMEOUT`.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests inside handlers at most; more are answered 503 `overloaded` at
 /// once, before they take memory.
 pub const IN_FLIGHT_MAX: usize = 4096;
@@ -110,7 +111,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound })
-        .layer(front::FrontLayer::new(IN_FLIGHT_MAX, REQUEST_TIMEOUT))
+        .layer(front::FrontLayer::new(IN_FLIGHT_MAX))
         .with_state(state)
 }
 
