@@ -51,8 +51,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-///
-/// A small body nearly always arrives as one data frame: that frame's bytes
+/// The whole body, at most `BODY_BYTES_MAX` bytes (413 beyond). A small
+/// body nearly always arrives as one data frame: that frame's bytes
 /// are returned as they are, without copying them into a collection.
 async fn read_limited(body: Body) -> Result<bytes::Bytes, ApiError> {
     let read_error = |e: axum::BoxError| {
@@ -354,8 +354,13 @@ mod tests {
         assert!(idempotency(&bad, "PATCH", "/x", None, Some(&body)).is_err());
     }
 
-    /// A body delivered as the given frames, one per poll.
-    struct Frames(std::collections::VecDeque<http_body_util::Full<bytes::Bytes>>);
+    /// A body delivered as the given data frames, one per poll; then the
+    /// end, or, if `stall`, nothing ever again (a client that stops
+    /// mid-body).
+    struct Frames {
+        chunks: std::collections::VecDeque<bytes::Bytes>,
+        stall: bool,
+    }
 
     impl axum::body::HttpBody for Frames {
         type Data = bytes::Bytes;
@@ -363,26 +368,28 @@ mod tests {
 
         fn poll_frame(
             mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
+            _cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-            match self.0.front_mut() {
+            match self.chunks.pop_front() {
+                Some(data) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                None if self.stall => std::task::Poll::Pending,
                 None => std::task::Poll::Ready(None),
-                Some(full) => {
-                    let frame = std::pin::Pin::new(full).poll_frame(cx);
-                    self.0.pop_front();
-                    frame
-                }
             }
         }
     }
 
-    fn body(chunks: &[&[u8]]) -> Body {
-        Body::new(Frames(
-            chunks
+    fn frames(chunks: &[&[u8]], stall: bool) -> Body {
+        Body::new(Frames {
+            chunks: chunks
                 .iter()
-                .map(|c| http_body_util::Full::new(bytes::Bytes::copy_from_slice(c)))
+                .map(|c| bytes::Bytes::copy_from_slice(c))
                 .collect(),
-        ))
+            stall,
+        })
+    }
+
+    fn body(chunks: &[&[u8]]) -> Body {
+        frames(chunks, false)
     }
 
     /// One frame is returned as it is, several are joined in order, none is
@@ -415,24 +422,6 @@ mod tests {
         );
     }
 
-    /// Sends its bytes, then never ends (a client that stalls mid-body).
-    struct Stall(Option<bytes::Bytes>);
-
-    impl axum::body::HttpBody for Stall {
-        type Data = bytes::Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-            match self.0.take() {
-                Some(data) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
-                None => std::task::Poll::Pending,
-            }
-        }
-    }
-
     /// A body that stops arriving gets 408 once `BODY_READ_TIMEOUT` has
     /// passed (tokio's clock is paused and jumps to the next timer), and not
     /// before.
@@ -442,7 +431,7 @@ mod tests {
             .method("PATCH")
             .uri("/items/x/qty")
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::new(Stall(Some(bytes::Bytes::from_static(b"{\"de")))))
+            .body(frames(&[b"{\"de"], true))
             .unwrap();
         let started = tokio::time::Instant::now();
         let result = JsonBody::<serde_json::Value>::from_request(req, &()).await;
