@@ -79,6 +79,23 @@ free_port() {
   log "no free port found"; return 1
 }
 
+# This box is a VM on a shared host: other guests take CPU time from it
+# ("steal") and change every rate, and a durable server that sleeps on the
+# disk suffers from it more than a CPU-bound one. So each load run states
+# how much of its CPU time the host took.
+# cpu_mark : "total idle+iowait steal" jiffies so far, from /proc/stat.
+cpu_mark() {
+  # cpu user nice system idle iowait irq softirq steal (guest is in user)
+  awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $5 + $6, $9; exit }' /proc/stat
+}
+# cpu_since MARK : "steal% idle%" of all CPU time since MARK (cpu_mark).
+cpu_since() {
+  local t0 i0 s0
+  read -r t0 i0 s0 <<<"$1"
+  cpu_mark | awk -v t0="$t0" -v i0="$i0" -v s0="$s0" \
+    '{ dt = $1 - t0; if (dt <= 0) { print "NA NA"; exit } printf "%.0f %.0f\n", 100 * ($3 - s0) / dt, 100 * ($2 - i0) / dt }'
+}
+
 # record SYSTEM CONFIG TOOL DURABLE RPS P50_MS P99_MS RUNS_RPS NOTE
 record() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >> "$SUMMARY"; }
 
@@ -86,19 +103,22 @@ record() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >> "$SUMMARY"; }
 # Extra args: SYSTEM CONFIG DURABLE.
 wrk_series() {
   local label="$1" url="$2" system="$3" config="$4" durable="$5" line r
-  local rps=() p50=() p99=() bad=()
+  local rps=() p50=() p99=() bad=() steal=() mark st idle
   for r in $(seq 1 "$RUNS"); do
+    mark="$(cpu_mark)"
     line="$(timeout $((DURATION + RUN_GRACE_S)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency \
               -s "$BENCH_DIR/patch.lua" "$url" 2>&1 | tee -a "$OUT_DIR/wrk-$label.txt" | grep '^WRKRESULT' || true)"
-    log "$label run$r: ${line:-no WRKRESULT (see $OUT_DIR/wrk-$label.txt)}"
+    read -r st idle <<<"$(cpu_since "$mark")"
+    log "$label run$r: ${line:-no WRKRESULT (see $OUT_DIR/wrk-$label.txt)} host steal ${st}% idle ${idle}%"
     [[ -n "$line" ]] || continue
+    steal+=("$st")
     rps+=("$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$line")")
     p50+=("$(sed -E 's/.* p50_ms=([0-9.]+).*/\1/' <<<"$line")")
     p99+=("$(sed -E 's/.* p99_ms=([0-9.]+).*/\1/' <<<"$line")")
     bad+=("$(sed -E 's/.* non2xx=([0-9]+) errors=([0-9]+).*/\1+\2/' <<<"$line")")
   done
   record "$system" "$config" "wrk -t2" "$durable" "$(median "${rps[@]:-}")" "$(median "${p50[@]:-}")" \
-    "$(median "${p99[@]:-}")" "${rps[*]:-}" "non2xx+sockerr ${bad[*]:-}"
+    "$(median "${p99[@]:-}")" "${rps[*]:-}" "non2xx+sockerr ${bad[*]:-}; host steal % ${steal[*]:-}"
 }
 
 # PostgreSQL server binaries: /usr/local/bin (peers' layout) or Debian's.

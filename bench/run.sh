@@ -53,12 +53,15 @@ countiq_pending() {
 # countiq_load_series FSYNC PORT : RUNS runs of our generator, one row.
 countiq_load_series() {
   local fsync="$1" port="$2" r json rc
-  local rps=() p50=() p99=() checks=()
+  local rps=() p50=() p99=() checks=() steal=() mark st idle
   for r in $(seq 1 "$RUNS"); do
     json="$OUT_DIR/countiq-load-fsync$fsync-r$r.json"
     rc=0
+    mark="$(cpu_mark)"
     timeout $((DURATION + RUN_GRACE_S)) "${LOAD_CMD[@]}" --url "http://127.0.0.1:$port" --scenario hot-owner \
       --connections "$CONNS" --duration "${DURATION}s" --json >"$json" 2>"${json%.json}.err" || rc=$?
+    read -r st idle <<<"$(cpu_since "$mark")"
+    steal+=("$st")
     if ! jq -e .requests_per_s "$json" >/dev/null 2>&1; then
       log "countiq load fsync=$fsync run$r: no report (exit $rc), see ${json%.json}.err"
       checks+=("error"); continue
@@ -67,11 +70,11 @@ countiq_load_series() {
     p50+=("$(jq -r '.latency_us.p50 / 1000' "$json")")
     p99+=("$(jq -r '.latency_us.p99 / 1000' "$json")")
     checks+=("$(jq -r 'if .check.passed then "pass" else "FAIL" end' "$json")")
-    log "countiq load fsync=$fsync run$r: rps=${rps[-1]} p50=${p50[-1]}ms p99=${p99[-1]}ms check=${checks[-1]}"
+    log "countiq load fsync=$fsync run$r: rps=${rps[-1]} p50=${p50[-1]}ms p99=${p99[-1]}ms check=${checks[-1]} host steal ${st}% idle ${idle}%"
   done
   local durable=no; [[ "$fsync" == always ]] && durable=yes
   record CountIQ "fsync=$fsync" "countiq load" "$durable" "$(median "${rps[@]:-}")" "$(median "${p50[@]:-}")" \
-    "$(median "${p99[@]:-}")" "${rps[*]:-}" "check ${checks[*]}"
+    "$(median "${p99[@]:-}")" "${rps[*]:-}" "check ${checks[*]}; host steal % ${steal[*]:-}"
 }
 
 # countiq_wrk PORT : one item created over the API, then wrk PATCHes it.
@@ -196,15 +199,17 @@ stage_postgres() {
   cp "$WORK/pg/hot.sql" "$OUT_DIR/pg-hot.sql"
   local sc r t p5 p9 f durable
   for sc in on off; do
-    local tps=() p50=() p99=() fails=()
+    local tps=() p50=() p99=() fails=() steal=() mark st idle
     for r in $(seq 1 "$RUNS"); do
+      mark="$(cpu_mark)"
       read -r t p5 p9 f <<<"$(pgbench_once "$sc" "sc$sc-r$r")"
-      log "pg synchronous_commit=$sc run$r: tps=$t p50=${p5}ms p99=${p9}ms failed=$f"
-      tps+=("$t"); p50+=("$p5"); p99+=("$p9"); fails+=("$f")
+      read -r st idle <<<"$(cpu_since "$mark")"
+      log "pg synchronous_commit=$sc run$r: tps=$t p50=${p5}ms p99=${p9}ms failed=$f host steal ${st}% idle ${idle}%"
+      tps+=("$t"); p50+=("$p5"); p99+=("$p9"); fails+=("$f"); steal+=("$st")
     done
     durable=yes; [[ "$sc" == off ]] && durable=no
     record PostgreSQL "synchronous_commit=$sc" "pgbench -M prepared -j2" "$durable" "$(median "${tps[@]}")" \
-      "$(median "${p50[@]}")" "$(median "${p99[@]}")" "${tps[*]}" "failed ${fails[*]}"
+      "$(median "${p50[@]}")" "$(median "${p99[@]}")" "${tps[*]}" "failed ${fails[*]}; host steal % (incl. VACUUM+CHECKPOINT) ${steal[*]}"
   done
   psql -Atc "SELECT qty FROM items WHERE id = md5('1')::uuid" | sed 's/^/postgres final hot qty: /' >&2
   pg_stop
@@ -257,15 +262,17 @@ CONF
     # Calibrate -n so one run lasts about DURATION seconds.
     read -r rps0 _ <<<"$(redis_once "$port" 20000 "$sha")"
     n="$(awk -v r="${rps0:-1000}" -v d="$DURATION" 'BEGIN { n = int(r * d); if (n < 5000) n = 5000; print n }')"
-    local rps=() p50=() p99=()
+    local rps=() p50=() p99=() steal=() mark st idle
     for r in $(seq 1 "$RUNS"); do
+      mark="$(cpu_mark)"
       read -r a p5 p9 <<<"$(redis_once "$port" "$n" "$sha")"
-      log "redis appendfsync=$fsync n=$n run$r: rps=$a p50=${p5}ms p99=${p9}ms"
-      rps+=("$a"); p50+=("$p5"); p99+=("$p9")
+      read -r st idle <<<"$(cpu_since "$mark")"
+      log "redis appendfsync=$fsync n=$n run$r: rps=$a p50=${p5}ms p99=${p9}ms host steal ${st}% idle ${idle}%"
+      rps+=("$a"); p50+=("$p5"); p99+=("$p9"); steal+=("$st")
     done
     durable=yes; [[ "$fsync" == everysec ]] && durable=no
     record Redis "appendfsync=$fsync" "redis-benchmark -P1" "$durable" "$(median "${rps[@]}")" \
-      "$(median "${p50[@]}")" "$(median "${p99[@]}")" "${rps[*]}" "EVALSHA guarded delta, n=$n"
+      "$(median "${p50[@]}")" "$(median "${p99[@]}")" "${rps[*]}" "EVALSHA guarded delta, n=$n; host steal % ${steal[*]}"
     redis-cli -h 127.0.0.1 -p "$port" GET item:hot | sed 's/^/redis final item:hot: /' >&2
     stop_pid "$pid"
   done
@@ -355,21 +362,28 @@ stage_interleaved() {
   atoken="$(mint_jwt bench-wrk "$(openssl rand -hex 32)")"
 
   local c=() rd=() ax=() cr=() ar=() cp50=() rp50=() ap50=() cp99=() rp99=() ap99=() x p5 p9
+  local mark cs=() rs=() as=() st idle
   for r in $(seq 1 "$rounds"); do
+    mark="$(cpu_mark)"
     read -r x p5 p9 <<<"$(BENCH_TOKEN="$token" wrk_once countiq-il "http://127.0.0.1:$cport/items/$id/qty")"
-    c+=("$x"); cp50+=("$p5"); cp99+=("$p9")
+    read -r st idle <<<"$(cpu_since "$mark")"
+    c+=("$x"); cp50+=("$p5"); cp99+=("$p9"); cs+=("$st")
+    mark="$(cpu_mark)"
     read -r x p5 p9 <<<"$(redis_once "$rport" "$n" "$sha")"
-    rd+=("$x"); rp50+=("$p5"); rp99+=("$p9")
+    read -r st idle <<<"$(cpu_since "$mark")"
+    rd+=("$x"); rp50+=("$p5"); rp99+=("$p9"); rs+=("$st")
+    mark="$(cpu_mark)"
     read -r x p5 p9 <<<"$(BENCH_TOKEN="$atoken" wrk_once axum-il "$aurl")"
-    ax+=("$x"); ap50+=("$p5"); ap99+=("$p9")
+    read -r st idle <<<"$(cpu_since "$mark")"
+    ax+=("$x"); ap50+=("$p5"); ap99+=("$p9"); as+=("$st")
     cr+=("$(awk -v a="${c[-1]}" -v b="${rd[-1]}" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')")
     ar+=("$(awk -v a="${c[-1]}" -v b="${ax[-1]}" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')")
-    log "interleaved round $r: CountIQ ${c[-1]} (p99 ${cp99[-1]} ms), Redis always ${rd[-1]}, axum ${ax[-1]}; CountIQ/Redis ${cr[-1]}, CountIQ/axum ${ar[-1]}"
+    log "interleaved round $r: CountIQ ${c[-1]} (p99 ${cp99[-1]} ms), Redis always ${rd[-1]}, axum ${ax[-1]}; CountIQ/Redis ${cr[-1]}, CountIQ/axum ${ar[-1]}; host steal % ${cs[-1]}/${rs[-1]}/${as[-1]}"
   done
   record "interleaved" "CountIQ fsync=always" "wrk -t2" yes "$(median "${c[@]}")" "$(median "${cp50[@]}")" "$(median "${cp99[@]}")" "${c[*]}" \
-    "per-round ÷ Redis always: ${cr[*]} (median $(median "${cr[@]}")); ÷ axum: ${ar[*]} (median $(median "${ar[@]}"))"
-  record "interleaved" "Redis appendfsync=always" "redis-benchmark -P1" yes "$(median "${rd[@]}")" "$(median "${rp50[@]}")" "$(median "${rp99[@]}")" "${rd[*]}" "n=$n"
-  record "interleaved" "axum ceiling" "wrk -t2" n/a "$(median "${ax[@]}")" "$(median "${ap50[@]}")" "$(median "${ap99[@]}")" "${ax[*]}" ""
+    "per-round ÷ Redis always: ${cr[*]} (median $(median "${cr[@]}")); ÷ axum: ${ar[*]} (median $(median "${ar[@]}")); host steal % ${cs[*]}"
+  record "interleaved" "Redis appendfsync=always" "redis-benchmark -P1" yes "$(median "${rd[@]}")" "$(median "${rp50[@]}")" "$(median "${rp99[@]}")" "${rd[*]}" "n=$n; host steal % ${rs[*]}"
+  record "interleaved" "axum ceiling" "wrk -t2" n/a "$(median "${ax[@]}")" "$(median "${ap50[@]}")" "$(median "${ap99[@]}")" "${ax[*]}" "host steal % ${as[*]}"
   curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$cport/items/$id" | jq -c '{qty, version}' \
     | sed 's/^/countiq interleaved final item: /' >&2
   stop_pid "$cpid"; stop_pid "$rpid"; stop_pid "$apid"
@@ -396,12 +410,16 @@ render_table() {
 }
 
 machine_facts() {
+  local st idle
   {
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "nproc: $(nproc); cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); kernel: $(uname -sr)"
     # Other work on the box (builds, tests) skews every row: say how busy it was.
     echo "load average (1/5/15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    # The host's share, over the whole invocation (each row's note has its runs').
+    read -r st idle <<<"$(cpu_since "$START_MARK")"
+    echo "CPU time taken by the host (steal) over the whole run: ${st}%; idle (incl. iowait): ${idle}%"
     echo "knobs: DURATION=$DURATION CONNS=$CONNS RUNS=$RUNS STAGES=\"$STAGES\""
   } | tee "$OUT_DIR/machine.txt"
 }
@@ -411,6 +429,7 @@ machine_facts() {
 # Each stage runs in its own subshell with errexit on and its own cleanup
 # trap, so one failing stage stops only its own servers and the rest still run.
 FAILED=()
+START_MARK="$(cpu_mark)"
 for stage in $STAGES; do
   case "$stage" in countiq|postgres|redis|axum|interleaved) ;; *) log "unknown stage $stage"; exit 2 ;; esac
   log "=== stage $stage"
