@@ -95,27 +95,40 @@ cpu_since() {
   cpu_mark | awk -v t0="$t0" -v i0="$i0" -v s0="$s0" \
     '{ dt = $1 - t0; if (dt <= 0) { print "NA NA"; exit } printf "%.0f %.0f\n", 100 * ($3 - s0) / dt, 100 * ($2 - i0) / dt }'
 }
+# with_steal CMD... : "STEAL% IDLE% " and then CMD's one-line output: how
+# much of the box's CPU time the host took (and how much was idle) while
+# CMD ran. The share comes first so that an empty output shifts nothing.
+with_steal() {
+  local mark out
+  mark="$(cpu_mark)"
+  out="$("$@")" || true   # a failed run prints what it has (NA), as before
+  printf '%s %s\n' "$(cpu_since "$mark")" "$out"
+}
 
 # record SYSTEM CONFIG TOOL DURABLE RPS P50_MS P99_MS RUNS_RPS NOTE
 record() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >> "$SUMMARY"; }
 
-# wrk_series LABEL URL -> records one row from RUNS wrk runs (patch.lua).
-# Extra args: SYSTEM CONFIG DURABLE.
+# wrk_once LABEL URL -> "rps p50_ms p99_ms non2xx+sockerr", or "NA NA NA NA"
+# when wrk gave no result line. One wrk run (patch.lua, BENCH_TOKEN);
+# raw output appended to $OUT_DIR/wrk-LABEL.txt.
+wrk_once() {
+  local line
+  line="$(timeout $((DURATION + RUN_GRACE_S)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency \
+            -s "$BENCH_DIR/patch.lua" "$2" 2>&1 | tee -a "$OUT_DIR/wrk-$1.txt" | grep '^WRKRESULT' || true)"
+  [[ -n "$line" ]] || { echo "NA NA NA NA"; return; }
+  sed -E 's/.* rps=([0-9.]+).* p50_ms=([0-9.]+) p99_ms=([0-9.]+).* non2xx=([0-9]+) errors=([0-9]+).*/\1 \2 \3 \4+\5/' <<<"$line"
+}
+
+# wrk_series LABEL URL SYSTEM CONFIG DURABLE : records one row from RUNS
+# wrk runs.
 wrk_series() {
-  local label="$1" url="$2" system="$3" config="$4" durable="$5" line r
-  local rps=() p50=() p99=() bad=() steal=() mark st idle
+  local label="$1" url="$2" system="$3" config="$4" durable="$5" r st idle x p5 p9 b
+  local rps=() p50=() p99=() bad=() steal=()
   for r in $(seq 1 "$RUNS"); do
-    mark="$(cpu_mark)"
-    line="$(timeout $((DURATION + RUN_GRACE_S)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency \
-              -s "$BENCH_DIR/patch.lua" "$url" 2>&1 | tee -a "$OUT_DIR/wrk-$label.txt" | grep '^WRKRESULT' || true)"
-    read -r st idle <<<"$(cpu_since "$mark")"
-    log "$label run$r: ${line:-no WRKRESULT (see $OUT_DIR/wrk-$label.txt)} host steal ${st}% idle ${idle}%"
-    [[ -n "$line" ]] || continue
-    steal+=("$st")
-    rps+=("$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$line")")
-    p50+=("$(sed -E 's/.* p50_ms=([0-9.]+).*/\1/' <<<"$line")")
-    p99+=("$(sed -E 's/.* p99_ms=([0-9.]+).*/\1/' <<<"$line")")
-    bad+=("$(sed -E 's/.* non2xx=([0-9]+) errors=([0-9]+).*/\1+\2/' <<<"$line")")
+    read -r st idle x p5 p9 b <<<"$(with_steal wrk_once "$label" "$url")"
+    log "$label run$r: rps=$x p50=${p5}ms p99=${p9}ms non2xx+sockerr=$b host steal ${st}% idle ${idle}%"
+    [[ "$x" != NA ]] || continue
+    rps+=("$x"); p50+=("$p5"); p99+=("$p9"); bad+=("$b"); steal+=("$st")
   done
   record "$system" "$config" "wrk -t2" "$durable" "$(median "${rps[@]:-}")" "$(median "${p50[@]:-}")" \
     "$(median "${p99[@]:-}")" "${rps[*]:-}" "non2xx+sockerr ${bad[*]:-}; host steal % ${steal[*]:-}"

@@ -60,7 +60,7 @@ countiq_load_series() {
     mark="$(cpu_mark)"
     timeout $((DURATION + RUN_GRACE_S)) "${LOAD_CMD[@]}" --url "http://127.0.0.1:$port" --scenario hot-owner \
       --connections "$CONNS" --duration "${DURATION}s" --json >"$json" 2>"${json%.json}.err" || rc=$?
-    read -r st idle <<<"$(cpu_since "$mark")"
+    read -r st idle <<<"$(cpu_since "$mark")"   # not with_steal: the run must set rc here
     steal+=("$st")
     if ! jq -e .requests_per_s "$json" >/dev/null 2>&1; then
       log "countiq load fsync=$fsync run$r: no report (exit $rc), see ${json%.json}.err"
@@ -199,11 +199,9 @@ stage_postgres() {
   cp "$WORK/pg/hot.sql" "$OUT_DIR/pg-hot.sql"
   local sc r t p5 p9 f durable
   for sc in on off; do
-    local tps=() p50=() p99=() fails=() steal=() mark st idle
+    local tps=() p50=() p99=() fails=() steal=() st idle
     for r in $(seq 1 "$RUNS"); do
-      mark="$(cpu_mark)"
-      read -r t p5 p9 f <<<"$(pgbench_once "$sc" "sc$sc-r$r")"
-      read -r st idle <<<"$(cpu_since "$mark")"
+      read -r st idle t p5 p9 f <<<"$(with_steal pgbench_once "$sc" "sc$sc-r$r")"
       log "pg synchronous_commit=$sc run$r: tps=$t p50=${p5}ms p99=${p9}ms failed=$f host steal ${st}% idle ${idle}%"
       tps+=("$t"); p50+=("$p5"); p99+=("$p9"); fails+=("$f"); steal+=("$st")
     done
@@ -262,11 +260,9 @@ CONF
     # Calibrate -n so one run lasts about DURATION seconds.
     read -r rps0 _ <<<"$(redis_once "$port" 20000 "$sha")"
     n="$(awk -v r="${rps0:-1000}" -v d="$DURATION" 'BEGIN { n = int(r * d); if (n < 5000) n = 5000; print n }')"
-    local rps=() p50=() p99=() steal=() mark st idle
+    local rps=() p50=() p99=() steal=() st idle
     for r in $(seq 1 "$RUNS"); do
-      mark="$(cpu_mark)"
-      read -r a p5 p9 <<<"$(redis_once "$port" "$n" "$sha")"
-      read -r st idle <<<"$(cpu_since "$mark")"
+      read -r st idle a p5 p9 <<<"$(with_steal redis_once "$port" "$n" "$sha")"
       log "redis appendfsync=$fsync n=$n run$r: rps=$a p50=${p5}ms p99=${p9}ms host steal ${st}% idle ${idle}%"
       rps+=("$a"); p50+=("$p5"); p99+=("$p9"); steal+=("$st")
     done
@@ -317,14 +313,6 @@ stage_axum() {
 # appendfsync=always, the axum ceiling) and runs them round-robin, ROUNDS
 # times (5), one run each per round; the ratios are per round (runs seconds
 # apart), then the median over rounds.
-wrk_once() { # LABEL URL -> "rps p50_ms p99_ms"
-  local line
-  line="$(timeout $((DURATION + RUN_GRACE_S)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency \
-            -s "$BENCH_DIR/patch.lua" "$2" 2>&1 | tee -a "$OUT_DIR/wrk-$1.txt" | grep '^WRKRESULT' || true)"
-  [[ -n "$line" ]] || { echo "NA NA NA"; return; }
-  sed -E 's/.* rps=([0-9.]+).* p50_ms=([0-9.]+) p99_ms=([0-9.]+).*/\1 \2 \3/' <<<"$line"
-}
-
 stage_interleaved() {
   local rounds="${ROUNDS:-5}" bin cport cpid token id rport rpid sha n rps0 aport apid aurl r
   build_countiq_axum
@@ -361,29 +349,23 @@ stage_interleaved() {
   local atoken
   atoken="$(mint_jwt bench-wrk "$(openssl rand -hex 32)")"
 
-  local c=() rd=() ax=() cr=() ar=() cp50=() rp50=() ap50=() cp99=() rp99=() ap99=() x p5 p9
-  local mark cs=() rs=() as=() st idle
+  local c=() rd=() ax=() cr=() ar=() cp50=() rp50=() ap50=() cp99=() rp99=() ap99=() x p5 p9 b
+  local cs=() rs=() as=() cb=() ab=() st idle
   for r in $(seq 1 "$rounds"); do
-    mark="$(cpu_mark)"
-    read -r x p5 p9 <<<"$(BENCH_TOKEN="$token" wrk_once countiq-il "http://127.0.0.1:$cport/items/$id/qty")"
-    read -r st idle <<<"$(cpu_since "$mark")"
-    c+=("$x"); cp50+=("$p5"); cp99+=("$p9"); cs+=("$st")
-    mark="$(cpu_mark)"
-    read -r x p5 p9 <<<"$(redis_once "$rport" "$n" "$sha")"
-    read -r st idle <<<"$(cpu_since "$mark")"
+    read -r st idle x p5 p9 b <<<"$(BENCH_TOKEN="$token" with_steal wrk_once countiq-il "http://127.0.0.1:$cport/items/$id/qty")"
+    c+=("$x"); cp50+=("$p5"); cp99+=("$p9"); cb+=("$b"); cs+=("$st")
+    read -r st idle x p5 p9 <<<"$(with_steal redis_once "$rport" "$n" "$sha")"
     rd+=("$x"); rp50+=("$p5"); rp99+=("$p9"); rs+=("$st")
-    mark="$(cpu_mark)"
-    read -r x p5 p9 <<<"$(BENCH_TOKEN="$atoken" wrk_once axum-il "$aurl")"
-    read -r st idle <<<"$(cpu_since "$mark")"
-    ax+=("$x"); ap50+=("$p5"); ap99+=("$p9"); as+=("$st")
+    read -r st idle x p5 p9 b <<<"$(BENCH_TOKEN="$atoken" with_steal wrk_once axum-il "$aurl")"
+    ax+=("$x"); ap50+=("$p5"); ap99+=("$p9"); ab+=("$b"); as+=("$st")
     cr+=("$(awk -v a="${c[-1]}" -v b="${rd[-1]}" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')")
     ar+=("$(awk -v a="${c[-1]}" -v b="${ax[-1]}" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')")
     log "interleaved round $r: CountIQ ${c[-1]} (p99 ${cp99[-1]} ms), Redis always ${rd[-1]}, axum ${ax[-1]}; CountIQ/Redis ${cr[-1]}, CountIQ/axum ${ar[-1]}; host steal % ${cs[-1]}/${rs[-1]}/${as[-1]}"
   done
   record "interleaved" "CountIQ fsync=always" "wrk -t2" yes "$(median "${c[@]}")" "$(median "${cp50[@]}")" "$(median "${cp99[@]}")" "${c[*]}" \
-    "per-round ÷ Redis always: ${cr[*]} (median $(median "${cr[@]}")); ÷ axum: ${ar[*]} (median $(median "${ar[@]}")); host steal % ${cs[*]}"
+    "per-round ÷ Redis always: ${cr[*]} (median $(median "${cr[@]}")); ÷ axum: ${ar[*]} (median $(median "${ar[@]}")); non2xx+sockerr ${cb[*]}; host steal % ${cs[*]}"
   record "interleaved" "Redis appendfsync=always" "redis-benchmark -P1" yes "$(median "${rd[@]}")" "$(median "${rp50[@]}")" "$(median "${rp99[@]}")" "${rd[*]}" "n=$n; host steal % ${rs[*]}"
-  record "interleaved" "axum ceiling" "wrk -t2" n/a "$(median "${ax[@]}")" "$(median "${ap50[@]}")" "$(median "${ap99[@]}")" "${ax[*]}" "host steal % ${as[*]}"
+  record "interleaved" "axum ceiling" "wrk -t2" n/a "$(median "${ax[@]}")" "$(median "${ap50[@]}")" "$(median "${ap99[@]}")" "${ax[*]}" "non2xx+sockerr ${ab[*]}; host steal % ${as[*]}"
   curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$cport/items/$id" | jq -c '{qty, version}' \
     | sed 's/^/countiq interleaved final item: /' >&2
   stop_pid "$cpid"; stop_pid "$rpid"; stop_pid "$apid"
