@@ -9,9 +9,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 
-use super::check::ItemTally;
-use super::client::{Failure, Reply};
-use super::plan::{Op, Plan};
+use crate::check::ItemTally;
+use crate::client::{Failure, Reply};
+use crate::plan::{Op, Plan};
 
 /// Histogram range in µs: 1 µs to 10 min, 3 significant digits.
 const LATENCY_US_MAX: u64 = 600_000_000;
@@ -261,8 +261,8 @@ mod tests {
     //! Goal: replies and failures land in the right tallies; method: feed
     //! synthetic replies for a one-item plan.
     use super::*;
-    use crate::load::args::Scenario;
-    use crate::load::plan::{ItemPlan, OwnerPlan};
+    use crate::args::Scenario;
+    use crate::plan::{ItemPlan, OwnerPlan};
     use http::HeaderValue;
 
     fn plan() -> Plan {
@@ -270,7 +270,8 @@ mod tests {
             scenario: Scenario::HotOwner,
             owners: vec![OwnerPlan {
                 token: HeaderValue::from_static("Bearer t"),
-            }],
+            }]
+            .into(),
             items: vec![ItemPlan {
                 id: "a".into(),
                 owner: 0,

@@ -2,14 +2,15 @@
 //! the merged stats and the final reads, and its human rendering.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::check::{judge, ItemVerdict};
-use super::plan::Plan;
-use super::stats::Stats;
+use crate::check::{judge, ItemVerdict};
+use crate::plan::Plan;
+use crate::stats::Stats;
 
 /// Item verdicts listed in a report; beyond this only the counts are kept,
 /// so a `uniform` run over many owners stays readable.
@@ -176,56 +177,65 @@ fn check(plan: &Plan, stats: &Stats, finals: &[Option<i128>]) -> CheckReport {
     }
 }
 
-/// Prints the report for a person, on stdout.
-pub fn print_human(r: &LoadReport) {
+/// Writes the report for a person (what `countiq load` prints on stdout
+/// without `--json`).
+pub fn write_human(out: &mut impl Write, r: &LoadReport) -> io::Result<()> {
     let rate = r
         .target_rate
         .map(|t| format!(" at {t:.0} req/s target"))
         .unwrap_or_default();
-    println!(
+    writeln!(
+        out,
         "countiq load: {} | {} loop{rate} | {} connections | {:.2} s | {}",
         r.scenario, r.mode, r.connections, r.elapsed_s, r.url
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  throughput   {:.0} req/s ({} replies)",
         r.requests_per_s, r.replies
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  deltas       {:.0} acknowledged deltas/s ({} total)",
         r.deltas_per_s, r.deltas_acked
-    );
+    )?;
     let l = &r.latency_us;
     let corrected = if r.mode == "open" {
         " (from intended send time)"
     } else {
         ""
     };
-    println!(
+    writeln!(
+        out,
         "  latency µs   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.0}{corrected}",
         l.p50, l.p90, l.p99, l.p999, l.max, l.mean
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  status       {}",
         join_counts(r.by_status.iter().map(|(k, v)| (k.to_string(), *v)))
-    );
+    )?;
     if !r.by_error_code.is_empty() {
-        println!(
+        writeln!(
+            out,
             "  error codes  {}",
             join_counts(r.by_error_code.iter().map(|(k, v)| (k.clone(), *v)))
-        );
+        )?;
     }
     if !r.no_reply.is_empty() {
-        println!(
+        writeln!(
+            out,
             "  no reply     {}",
             join_counts(r.no_reply.iter().map(|(k, v)| (k.clone(), *v)))
-        );
+        )?;
     }
-    print_check(&r.check);
+    write_check(out, &r.check)
 }
 
-fn print_check(c: &CheckReport) {
+fn write_check(out: &mut impl Write, c: &CheckReport) -> io::Result<()> {
     let verdict = if c.passed { "PASSED" } else { "FAILED" };
-    println!(
+    writeln!(
+        out,
         "  check        {verdict}: {}/{} items match start + acknowledged deltas; unknown outcomes: {}; \
          negative qty seen: {}; version regressions: {}; malformed replies: {}",
         c.items_checked - c.items_failed,
@@ -234,19 +244,21 @@ fn print_check(c: &CheckReport) {
         c.negative_qty_seen,
         c.version_regressions,
         c.malformed_replies
-    );
+    )?;
     for v in c.items.iter().filter(|v| !v.ok) {
         let got = v
             .final_qty
             .map_or_else(|| "unreadable".to_string(), |q| q.to_string());
-        println!(
+        writeln!(
+            out,
             "    item {}: final qty {got}, expected {}..={} (start {} + acked {}, {} unknown)",
             v.id, v.expected_min, v.expected_max, v.start_qty, v.acked_delta, v.unknown_outcomes
-        );
+        )?;
     }
     for s in &c.anomaly_samples {
-        println!("    anomaly: {s}");
+        writeln!(out, "    anomaly: {s}")?;
     }
+    Ok(())
 }
 
 fn join_counts(it: impl Iterator<Item = (String, u64)>) -> String {

@@ -2,12 +2,14 @@
 //! them, and the choice of the next operation for each scenario. Shared
 //! read-only by every virtual client.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderValue, Method};
 use rand::Rng;
 use serde_json::json;
 
-use super::args::Scenario;
+use crate::args::Scenario;
 
 /// `mixed`: percentage of PATCH requests; the next `MIXED_GET_PCT` are GETs,
 /// the rest POST /items.
@@ -21,6 +23,7 @@ pub(crate) struct OwnerPlan {
 }
 
 /// One item the run created and will check.
+#[derive(Clone)]
 pub(crate) struct ItemPlan {
     /// Server-assigned id (validated to be path-safe).
     pub id: String,
@@ -28,10 +31,12 @@ pub(crate) struct ItemPlan {
     pub owner: usize,
 }
 
-/// The immutable description of a run, shared by all clients.
+/// The immutable description of a run, shared by all clients. Cloning is
+/// cheap until `items` is filled (setup clones the plan it created them with).
+#[derive(Clone)]
 pub(crate) struct Plan {
     pub scenario: Scenario,
-    pub owners: Vec<OwnerPlan>,
+    pub owners: Arc<[OwnerPlan]>,
     pub items: Vec<ItemPlan>,
     pub delta_min: i64,
     pub delta_max: i64,
@@ -168,7 +173,7 @@ mod tests {
         let token = HeaderValue::from_static("Bearer t");
         Plan {
             scenario,
-            owners: vec![OwnerPlan { token }],
+            owners: vec![OwnerPlan { token }].into(),
             items: vec![
                 ItemPlan {
                     id: "a".into(),
