@@ -163,6 +163,29 @@ impl Plan {
 }
 
 #[cfg(test)]
+impl Plan {
+    /// A one-owner plan over items with these ids: deltas in -2..=3,
+    /// transactions of 5 ops, start quantity 10.
+    pub(crate) fn for_tests(scenario: Scenario, ids: &[&str]) -> Plan {
+        let token = HeaderValue::from_static("Bearer t");
+        let item = |id: &&str| ItemPlan {
+            id: id.to_string(),
+            owner: 0,
+        };
+        Plan {
+            scenario,
+            owners: vec![OwnerPlan { token }].into(),
+            items: ids.iter().map(item).collect(),
+            delta_min: -2,
+            delta_max: 3,
+            batch: 5,
+            start_qty: 10,
+            run_id: "r".into(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     //! Goal: ops follow the scenario and encode to the API's shapes; method:
     //! a seeded RNG over a small plan.
@@ -170,26 +193,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn plan(scenario: Scenario) -> Plan {
-        let token = HeaderValue::from_static("Bearer t");
-        Plan {
-            scenario,
-            owners: vec![OwnerPlan { token }].into(),
-            items: vec![
-                ItemPlan {
-                    id: "a".into(),
-                    owner: 0,
-                },
-                ItemPlan {
-                    id: "b".into(),
-                    owner: 0,
-                },
-            ],
-            delta_min: -2,
-            delta_max: 3,
-            batch: 5,
-            start_qty: 10,
-            run_id: "r".into(),
-        }
+        Plan::for_tests(scenario, &["a", "b"])
     }
 
     #[test]

@@ -266,3 +266,69 @@ fn join_counts(it: impl Iterator<Item = (String, u64)>) -> String {
         .collect::<Vec<_>>()
         .join("  ")
 }
+
+#[cfg(test)]
+mod tests {
+    //! Goal: the verdict and every failed item reach both the JSON and the
+    //! text a person reads; method: build reports from hand-made tallies and
+    //! final quantities for a two-item plan (start 10), and render them.
+    use super::*;
+    use crate::args::Scenario;
+
+    /// Item `a` had +5 acknowledged, item `b` nothing; `finals` as read back.
+    fn report(finals: &[Option<i128>]) -> LoadReport {
+        let plan = Plan::for_tests(Scenario::HotOwner, &["a", "b"]);
+        let mut stats = Stats::new(2);
+        stats.tallies[0].ack(5);
+        let facts = RunFacts {
+            url: "http://127.0.0.1:1".into(),
+            connections: 1,
+            target_rate: None,
+            elapsed: Duration::from_secs(1),
+        };
+        build(facts, &plan, stats, finals)
+    }
+
+    fn render(r: &LoadReport) -> String {
+        let mut out = Vec::new();
+        write_human(&mut out, r).expect("write to a Vec");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn matching_quantities_pass() {
+        let r = report(&[Some(15), Some(10)]);
+        assert!(r.ok());
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["check"]["passed"], true);
+        let text = render(&r);
+        assert!(text.contains("check        PASSED: 2/2 items"), "{text}");
+        assert!(!text.contains("    item "), "{text}");
+    }
+
+    #[test]
+    fn a_lost_delta_fails_and_names_the_item() {
+        let r = report(&[Some(15), Some(9)]);
+        assert!(!r.ok());
+        assert_eq!(r.check.items_failed, 1);
+        assert_eq!(
+            serde_json::to_value(&r).expect("json")["check"]["passed"],
+            false
+        );
+        let text = render(&r);
+        assert!(text.contains("check        FAILED: 1/2 items"), "{text}");
+        assert!(
+            text.contains("item b: final qty 9, expected 10..=10"),
+            "{text}"
+        );
+        assert!(!text.contains("item a:"), "{text}");
+    }
+
+    #[test]
+    fn an_unread_item_fails() {
+        let r = report(&[None, Some(10)]);
+        assert!(!r.ok());
+        assert_eq!(r.check.items_unread, 1);
+        assert!(render(&r).contains("item a: final qty unreadable"));
+    }
+}

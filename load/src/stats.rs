@@ -262,26 +262,9 @@ mod tests {
     //! synthetic replies for a one-item plan.
     use super::*;
     use crate::args::Scenario;
-    use crate::plan::{ItemPlan, OwnerPlan};
-    use http::HeaderValue;
 
     fn plan() -> Plan {
-        Plan {
-            scenario: Scenario::HotOwner,
-            owners: vec![OwnerPlan {
-                token: HeaderValue::from_static("Bearer t"),
-            }]
-            .into(),
-            items: vec![ItemPlan {
-                id: "a".into(),
-                owner: 0,
-            }],
-            delta_min: -1,
-            delta_max: 1,
-            batch: 1,
-            start_qty: 10,
-            run_id: "r".into(),
-        }
+        Plan::for_tests(Scenario::HotOwner, &["a"])
     }
 
     fn reply(status: u16, body: &str) -> Result<Reply, Failure> {
