@@ -210,24 +210,13 @@ pub fn write_human(out: &mut impl Write, r: &LoadReport) -> io::Result<()> {
         "  latency µs   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.0}{corrected}",
         l.p50, l.p90, l.p99, l.p999, l.max, l.mean
     )?;
-    writeln!(
-        out,
-        "  status       {}",
-        join_counts(r.by_status.iter().map(|(k, v)| (k.to_string(), *v)))
-    )?;
-    if !r.by_error_code.is_empty() {
-        writeln!(
-            out,
-            "  error codes  {}",
-            join_counts(r.by_error_code.iter().map(|(k, v)| (k.clone(), *v)))
-        )?;
-    }
-    if !r.no_reply.is_empty() {
-        writeln!(
-            out,
-            "  no reply     {}",
-            join_counts(r.no_reply.iter().map(|(k, v)| (k.clone(), *v)))
-        )?;
+    let statuses = r.by_status.iter().map(|(k, v)| (k.to_string(), *v));
+    writeln!(out, "  status       {}", join_counts(statuses))?;
+    for (label, counts) in [("error codes", &r.by_error_code), ("no reply", &r.no_reply)] {
+        if !counts.is_empty() {
+            let counts = counts.iter().map(|(k, v)| (k.clone(), *v));
+            writeln!(out, "  {label:<11}  {}", join_counts(counts))?;
+        }
     }
     write_check(out, &r.check)
 }
@@ -277,8 +266,12 @@ mod tests {
 
     /// Item `a` had +5 acknowledged, item `b` nothing; `finals` as read back.
     fn report(finals: &[Option<i128>]) -> LoadReport {
+        report_with(finals, Stats::new(2))
+    }
+
+    /// As `report`, with other counts in `stats`.
+    fn report_with(finals: &[Option<i128>], mut stats: Stats) -> LoadReport {
         let plan = Plan::for_tests(Scenario::HotOwner, &["a", "b"]);
-        let mut stats = Stats::new(2);
         stats.tallies[0].ack(5);
         let facts = RunFacts {
             url: "http://127.0.0.1:1".into(),
@@ -330,5 +323,17 @@ mod tests {
         assert!(!r.ok());
         assert_eq!(r.check.items_unread, 1);
         assert!(render(&r).contains("item a: final qty unreadable"));
+    }
+
+    #[test]
+    fn counts_are_listed_in_their_columns() {
+        let mut stats = Stats::new(2);
+        stats.by_status.insert(200, 7);
+        stats.by_error_code.insert("overloaded".into(), 2);
+        stats.by_failure.insert("timeout", 1);
+        let text = render(&report_with(&[Some(15), Some(10)], stats));
+        assert!(text.contains("\n  status       200: 7\n"), "{text}");
+        assert!(text.contains("\n  error codes  overloaded: 2\n"), "{text}");
+        assert!(text.contains("\n  no reply     timeout: 1\n"), "{text}");
     }
 }
