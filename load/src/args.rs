@@ -1,5 +1,5 @@
 //! The `countiq load` command line: every knob of the load generator, with
-//! its default and its limit. Validation lives here so the rest of the module
+//! its default and its limit. Validation lives here so the rest of the crate
 //! can assume sane values.
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! The parts of the HTTP contract (`../shared/API.md`) this crate relies on.
+//! The parts of the HTTP contract (README, "API") this crate relies on.
 //!
 //! The load generator is a client of the contract, not of the server's code,
 //! so it states these bounds itself. `tests/real_server.rs` pins each one to
