@@ -97,12 +97,7 @@ stage_countiq() {
     countiq_pending "skipped: no serve subcommand"
     return 0
   fi
-  if "$bin" load --help 2>&1 | grep -q -- '--scenario'; then
-    LOAD_CMD=("$bin" load)
-  else   # until main.rs wires `countiq load`: the examples/load stand-in
-    (cd "$REPO_DIR" && cargo build --release -q --example load)
-    LOAD_CMD=("$CARGO_TARGET_DIR/release/examples/load")
-  fi
+  LOAD_CMD=("$bin" load)   # the load/ workspace member, built into the binary
   COUNTIQ_JWT_SECRET="$(openssl rand -hex 32)"
   export COUNTIQ_JWT_SECRET
   local fsync port pid

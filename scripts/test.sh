@@ -6,7 +6,8 @@
 #   2. cargo test over the workspace: unit, contract, crash (kill -9 and
 #      SIGTERM of the real binary), storage (torn tail, bit flips, power
 #      cuts, faults), proptests, the schedule test, and the loom models
-#      (loom-tests is an ordinary workspace member).
+#      (loom-tests is an ordinary workspace member), and the load generator's
+#      unit, fake-server and real-server tests (load/, another member).
 # Long soaks are opt-in: COUNTIQ_SOAK=1 scripts/test.sh (500 crash rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."

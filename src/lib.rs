@@ -9,7 +9,6 @@
 //! - `actor`: one tokio task per owner, its handle, and the registry.
 //! - `storage`: record codec, WAL segments, commit pipeline, writer, snapshots, recovery.
 //! - `http`: `fn app(state) -> Router`, strict extractors, `ApiError`.
-//! - `load`: `countiq load`, the HTTP load generator with its correctness check.
 //! - `auth`: HS256 bearer tokens and the node secret.
 //! - `node`: a running node without transport: recovery, log writer, registry, checkpointer.
 //! - `server`: the accept loop, production layers, graceful shutdown.
@@ -21,7 +20,6 @@ pub mod alloc_count;
 pub mod auth;
 pub mod domain;
 pub mod http;
-pub mod load;
 pub mod node;
 pub mod server;
 pub mod storage;

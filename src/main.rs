@@ -40,7 +40,7 @@ enum Command {
     /// Print a bearer token (HS256 JWT) for an owner.
     Token(TokenArgs),
     /// Drive load against a running server and check correctness at the end.
-    Load(countiq::load::LoadArgs),
+    Load(countiq_load::LoadArgs),
     /// Inspect a data directory's log and snapshots (read-only).
     Wal {
         #[command(subcommand)]
@@ -224,16 +224,16 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run_load(args: countiq::load::LoadArgs) -> anyhow::Result<ExitCode> {
+fn run_load(args: countiq_load::LoadArgs) -> anyhow::Result<ExitCode> {
     let json = args.json;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(countiq::load::run(args))?;
+    let report = runtime.block_on(countiq_load::run(args))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        countiq::load::print_human(&report);
+        countiq_load::write_human(&mut std::io::stdout().lock(), &report)?;
     }
     // Exit 1 when the correctness check failed, so scripts notice.
     Ok(if report.ok() {

@@ -2,12 +2,14 @@
 //! them, and the choice of the next operation for each scenario. Shared
 //! read-only by every virtual client.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderValue, Method};
 use rand::Rng;
 use serde_json::json;
 
-use super::args::Scenario;
+use crate::args::Scenario;
 
 /// `mixed`: percentage of PATCH requests; the next `MIXED_GET_PCT` are GETs,
 /// the rest POST /items.
@@ -21,6 +23,7 @@ pub(crate) struct OwnerPlan {
 }
 
 /// One item the run created and will check.
+#[derive(Clone)]
 pub(crate) struct ItemPlan {
     /// Server-assigned id (validated to be path-safe).
     pub id: String,
@@ -28,10 +31,12 @@ pub(crate) struct ItemPlan {
     pub owner: usize,
 }
 
-/// The immutable description of a run, shared by all clients.
+/// The immutable description of a run, shared by all clients. Cloning is
+/// cheap until `items` is filled (setup clones the plan it created them with).
+#[derive(Clone)]
 pub(crate) struct Plan {
     pub scenario: Scenario,
-    pub owners: Vec<OwnerPlan>,
+    pub owners: Arc<[OwnerPlan]>,
     pub items: Vec<ItemPlan>,
     pub delta_min: i64,
     pub delta_max: i64,
@@ -158,6 +163,29 @@ impl Plan {
 }
 
 #[cfg(test)]
+impl Plan {
+    /// A one-owner plan over items with these ids: deltas in -2..=3,
+    /// transactions of 5 ops, start quantity 10.
+    pub(crate) fn for_tests(scenario: Scenario, ids: &[&str]) -> Plan {
+        let token = HeaderValue::from_static("Bearer t");
+        let item = |id: &&str| ItemPlan {
+            id: id.to_string(),
+            owner: 0,
+        };
+        Plan {
+            scenario,
+            owners: vec![OwnerPlan { token }].into(),
+            items: ids.iter().map(item).collect(),
+            delta_min: -2,
+            delta_max: 3,
+            batch: 5,
+            start_qty: 10,
+            run_id: "r".into(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     //! Goal: ops follow the scenario and encode to the API's shapes; method:
     //! a seeded RNG over a small plan.
@@ -165,26 +193,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn plan(scenario: Scenario) -> Plan {
-        let token = HeaderValue::from_static("Bearer t");
-        Plan {
-            scenario,
-            owners: vec![OwnerPlan { token }],
-            items: vec![
-                ItemPlan {
-                    id: "a".into(),
-                    owner: 0,
-                },
-                ItemPlan {
-                    id: "b".into(),
-                    owner: 0,
-                },
-            ],
-            delta_min: -2,
-            delta_max: 3,
-            batch: 5,
-            start_qty: 10,
-            run_id: "r".into(),
-        }
+        Plan::for_tests(scenario, &["a", "b"])
     }
 
     #[test]

@@ -7,25 +7,35 @@
 //! (within the range explained by requests that got no reply).
 //!
 //! It exists so that CountIQ's performance claims come with a correctness
-//! check attached, measured the same way as the peers in `shared/peers/`.
+//! check attached, measured the same way as the peers in `bench/`.
 //!
-//! ## Layout
+//! It is a client of the HTTP contract only: it does not depend on the
+//! `countiq` package (whose binary runs it as `countiq load`), mints its own
+//! tokens, and states the contract's bounds it relies on in `contract`.
+//! The entry point is [`run`]; it prints nothing on stdout and returns a
+//! [`LoadReport`], which [`write_human`] renders and serde serialises.
 //!
-//! - `args`    — `LoadArgs` (clap), scenarios, limits and validation.
-//! - `target`  — `--url` parsing; refuses non-loopback targets.
-//! - `token`   — the HS256 secret and the per-owner JWTs.
-//! - `client`  — one hyper 1 HTTP/1.1 connection per virtual client.
-//! - `plan`    — owners, items, and the next op for each scenario.
-//! - `pacing`  — open-loop schedule and coordinated-omission correction.
-//! - `stats`   — per-client counts, histogram, and check tallies.
-//! - `check`   — the final-quantity arithmetic, including unknown outcomes.
-//! - `setup`   — creating items before, reading them back after.
-//! - `worker`  — the measured phase and the progress line.
-//! - `report`  — `LoadReport`, its JSON form and `print_human`.
+//! # Layout
+//!
+//! - `args`     — `LoadArgs` (clap), scenarios, limits and validation.
+//! - `contract` — the API's bounds this crate relies on (owner ids, secret, ops).
+//! - `error`    — `LoadError`, the setup failures.
+//! - `target`   — `--url` parsing; refuses non-loopback targets.
+//! - `token`    — the HS256 secret and the per-owner JWTs.
+//! - `client`   — one hyper 1 HTTP/1.1 connection per virtual client.
+//! - `plan`     — owners, items, and the next op for each scenario.
+//! - `pacing`   — open-loop schedule and coordinated-omission correction.
+//! - `stats`    — per-client counts, histogram, and check tallies.
+//! - `check`    — the final-quantity arithmetic, including unknown outcomes.
+//! - `setup`    — creating items before, reading them back after.
+//! - `worker`   — the measured phase and the progress line.
+//! - `report`   — `LoadReport`, its JSON form and `write_human`.
 
 mod args;
 mod check;
 mod client;
+pub mod contract;
+mod error;
 mod pacing;
 mod plan;
 mod report;
@@ -38,11 +48,13 @@ mod worker;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
 use rand::Rng;
 
 pub use args::{LoadArgs, Scenario};
-pub use report::{print_human, LoadReport};
+pub use check::ItemVerdict;
+pub use error::LoadError;
+pub use report::{write_human, CheckReport, LatencyUs, LoadReport};
+pub use token::{load_secret, mint, TOKEN_TTL};
 
 use plan::{OwnerPlan, Plan};
 use setup::ItemSpec;
@@ -51,15 +63,16 @@ use worker::{Drive, Pacing};
 /// Runs one load test as `args` describe and returns its report. Nothing is
 /// printed on stdout (the caller prints the report, as JSON or for a person);
 /// the progress line goes to stderr. Errors are setup failures (bad flags,
-/// unreachable or non-loopback target, no secret, items not creatable).
-pub async fn run(args: LoadArgs) -> Result<LoadReport> {
+/// unreachable or non-loopback target, no secret, items not creatable); a
+/// failed correctness check is a report whose [`LoadReport::ok`] is false.
+pub async fn run(args: LoadArgs) -> Result<LoadReport, LoadError> {
     args.validate()?;
     let target = target::resolve(&args.url, args.allow_remote).await?;
     let secret = token::load_secret(args.jwt_secret.as_deref(), &args.data_dir)?;
     let run_id = format!("{:016x}", rand::rng().random::<u64>());
     let owners = make_owners(&args, &run_id, &secret)?;
     let specs = Arc::new(item_specs(&args, &run_id));
-    let plan = Arc::new(Plan {
+    let unfilled = Arc::new(Plan {
         scenario: args.scenario,
         owners,
         items: Vec::new(),
@@ -69,10 +82,11 @@ pub async fn run(args: LoadArgs) -> Result<LoadReport> {
         start_qty: args.start_qty,
         run_id,
     });
-    let items = setup::create_items(&target, args.timeout, plan.clone(), specs).await?;
-    let mut plan = Arc::try_unwrap(plan).map_err(|_| anyhow!("setup still holds the plan"))?;
-    plan.items = items;
-    let plan = Arc::new(plan);
+    let items = setup::create_items(&target, args.timeout, unfilled.clone(), specs).await?;
+    let plan = Arc::new(Plan {
+        items,
+        ..Plan::clone(&unfilled)
+    });
 
     let (stats, elapsed) = worker::drive(Drive {
         plan: plan.clone(),
@@ -98,8 +112,13 @@ pub async fn run(args: LoadArgs) -> Result<LoadReport> {
 }
 
 /// One owner for the hot scenarios, `--owners` for `uniform`; each gets a
-/// token (owners exist only as token subjects). Owner ids stay within the API's 1–64 `[A-Za-z0-9._-]`.
-fn make_owners(args: &LoadArgs, run_id: &str, secret: &[u8]) -> Result<Vec<OwnerPlan>> {
+/// token (owners exist only as token subjects). The names stay well within
+/// the contract's owner ids: `cq-` + 16 hex digits + `-o99999` at most.
+fn make_owners(
+    args: &LoadArgs,
+    run_id: &str,
+    secret: &[u8],
+) -> Result<Arc<[OwnerPlan]>, LoadError> {
     let names: Vec<String> = match args.scenario {
         Scenario::Uniform => (0..args.owners)
             .map(|i| format!("cq-{run_id}-o{i}"))
@@ -107,11 +126,11 @@ fn make_owners(args: &LoadArgs, run_id: &str, secret: &[u8]) -> Result<Vec<Owner
         _ => vec![format!("cq-{run_id}-hot")],
     };
     names
-        .into_iter()
+        .iter()
         .map(|name| {
-            let jwt = token::mint(secret, &name)?;
-            let token = client::bearer(&jwt).context("token is not a valid header value")?;
-            Ok(OwnerPlan { token })
+            Ok(OwnerPlan {
+                token: token::mint(secret, name)?,
+            })
         })
         .collect()
 }

@@ -5,20 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http::Method;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::client::{Client, Failure, Reply};
-use super::plan::{ItemPlan, Plan};
-use super::target::Target;
+use crate::client::{Client, Failure, Reply};
+use crate::error::LoadError;
+use crate::plan::{ItemPlan, Plan};
+use crate::target::Target;
+use crate::worker::join;
 
 /// Parallel connections used to create and read back items.
 const SETUP_CONNECTIONS_MAX: usize = 8;
 /// Names tried per item when the server answers 409 `name_taken`.
-const NAME_ATTEMPTS_MAX: u32 = 5;
+pub(crate) const NAME_ATTEMPTS_MAX: u32 = 5;
 /// Tries per final read (a transport failure is retried).
 const READ_ATTEMPTS_MAX: u32 = 3;
 /// Longest id accepted from the server (a UUID is 36 characters).
@@ -40,13 +41,14 @@ struct ReadBack {
     qty: i64,
 }
 
-/// Creates every item with `start_qty`; returns them in `specs` order.
+/// Creates every item with `start_qty` for the owners of `plan` (whose
+/// `items` are not used); returns them in `specs` order.
 pub(crate) async fn create_items(
     target: &Target,
     timeout: Duration,
     plan: Arc<Plan>,
     specs: Arc<Vec<ItemSpec>>,
-) -> Result<Vec<ItemPlan>> {
+) -> Result<Vec<ItemPlan>, LoadError> {
     let lanes = SETUP_CONNECTIONS_MAX.min(specs.len()).max(1);
     let mut tasks = Vec::with_capacity(lanes);
     for lane in 0..lanes {
@@ -64,22 +66,27 @@ pub(crate) async fn create_items(
                     },
                 ));
             }
-            anyhow::Ok(made)
+            Ok::<_, LoadError>(made)
         }));
     }
     let mut slots: Vec<Option<ItemPlan>> = (0..specs.len()).map(|_| None).collect();
     for task in tasks {
-        for (index, item) in task.await.context("setup task failed")?? {
+        for (index, item) in join(task).await? {
             slots[index] = Some(item);
         }
     }
-    slots
+    // The lanes' indices cover 0..len, and every lane succeeded.
+    let items = slots
         .into_iter()
-        .map(|s| s.ok_or_else(|| anyhow!("setup left an item uncreated")))
-        .collect()
+        .map(|s| s.expect("every index has a lane"));
+    Ok(items.collect())
 }
 
-async fn create_one(client: &mut Client, plan: &Plan, spec: &ItemSpec) -> Result<String> {
+async fn create_one(
+    client: &mut Client,
+    plan: &Plan,
+    spec: &ItemSpec,
+) -> Result<String, LoadError> {
     let token = &plan.owners[spec.owner].token;
     for attempt in 0..NAME_ATTEMPTS_MAX {
         let name = if attempt == 0 {
@@ -94,10 +101,9 @@ async fn create_one(client: &mut Client, plan: &Plan, spec: &ItemSpec) -> Result
         {
             Ok(reply) => reply,
             Err(Failure::Connect) => {
-                bail!(
-                    "setup: cannot connect to {} (is the server running?)",
-                    client.addr()
-                )
+                return Err(LoadError::Unreachable {
+                    addr: client.addr(),
+                })
             }
             // No reply: the item may exist under this name; try another.
             Err(_) => continue,
@@ -105,23 +111,24 @@ async fn create_one(client: &mut Client, plan: &Plan, spec: &ItemSpec) -> Result
         match reply.status {
             201 => return parse_created(&reply),
             409 => continue,
-            status => bail!("setup: POST /items answered {status}: {}", snippet(&reply)),
+            status => {
+                let body = snippet(&reply);
+                return Err(LoadError::SetupStatus { status, body });
+            }
         }
     }
-    bail!(
-        "setup: could not create item {:?} in {NAME_ATTEMPTS_MAX} attempts",
-        spec.name
-    )
+    let name = spec.name.clone();
+    Err(LoadError::NamesExhausted { name })
 }
 
-fn parse_created(reply: &Reply) -> Result<String> {
-    let created: Created = serde_json::from_slice(&reply.body)
-        .with_context(|| format!("setup: 201 body is not an item: {}", snippet(reply)))?;
+fn parse_created(reply: &Reply) -> Result<String, LoadError> {
+    let created: Created =
+        serde_json::from_slice(&reply.body).map_err(|source| LoadError::SetupBody {
+            body: snippet(reply),
+            source,
+        })?;
     if !is_path_safe_id(&created.id) {
-        bail!(
-            "setup: server returned an id unsafe for a URL path: {:?}",
-            created.id
-        );
+        return Err(LoadError::UnsafeId { id: created.id });
     }
     Ok(created.id)
 }

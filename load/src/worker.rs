@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::client::{Client, Failure};
-use super::pacing::{corrected_latency, intended_offset};
-use super::plan::{Op, Plan};
-use super::stats::Stats;
-use super::target::Target;
+use crate::client::{Client, Failure};
+use crate::pacing::{corrected_latency, intended_offset};
+use crate::plan::{Op, Plan};
+use crate::stats::Stats;
+use crate::target::Target;
 
 /// Pause after a failed connect, so a dead server is not hammered in a spin.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
@@ -92,11 +93,7 @@ pub(crate) async fn drive(drive: Drive) -> (Stats, Duration) {
         .collect();
     let mut total = Stats::new(items);
     for handle in handles {
-        match handle.await {
-            Ok(stats) => total.merge(stats),
-            // A panicking client is a bug in this tool: surface it.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        total.merge(join(handle).await);
     }
     let elapsed = start.elapsed();
     if let Some(p) = progress {
@@ -107,6 +104,15 @@ pub(crate) async fn drive(drive: Drive) -> (Stats, Duration) {
         }
     }
     (total, elapsed)
+}
+
+/// Waits for a task this tool spawned and never aborts, so the only way it
+/// can fail is a panic, a bug in this tool: surface it here.
+pub(crate) async fn join<T>(task: JoinHandle<T>) -> T {
+    match task.await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 async fn client_loop(shared: Arc<Shared>, worker: u32) -> Stats {
@@ -161,7 +167,7 @@ async fn execute(
     client: &mut Client,
     plan: &Plan,
     op: &Op,
-) -> Result<super::client::Reply, Failure> {
+) -> Result<crate::client::Reply, Failure> {
     let (method, path, owner, body) = plan.encode(op);
     client
         .request(method, &path, &plan.owners[owner].token, body)

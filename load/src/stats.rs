@@ -9,9 +9,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 
-use super::check::ItemTally;
-use super::client::{Failure, Reply};
-use super::plan::{Op, Plan};
+use crate::check::ItemTally;
+use crate::client::{Failure, Reply};
+use crate::plan::{Op, Plan};
 
 /// Histogram range in µs: 1 µs to 10 min, 3 significant digits.
 const LATENCY_US_MAX: u64 = 600_000_000;
@@ -261,26 +261,10 @@ mod tests {
     //! Goal: replies and failures land in the right tallies; method: feed
     //! synthetic replies for a one-item plan.
     use super::*;
-    use crate::load::args::Scenario;
-    use crate::load::plan::{ItemPlan, OwnerPlan};
-    use http::HeaderValue;
+    use crate::args::Scenario;
 
     fn plan() -> Plan {
-        Plan {
-            scenario: Scenario::HotOwner,
-            owners: vec![OwnerPlan {
-                token: HeaderValue::from_static("Bearer t"),
-            }],
-            items: vec![ItemPlan {
-                id: "a".into(),
-                owner: 0,
-            }],
-            delta_min: -1,
-            delta_max: 1,
-            batch: 1,
-            start_qty: 10,
-            run_id: "r".into(),
-        }
+        Plan::for_tests(Scenario::HotOwner, &["a"])
     }
 
     fn reply(status: u16, body: &str) -> Result<Reply, Failure> {
@@ -294,42 +278,30 @@ mod tests {
         format!(r#"{{"id":"a","name":"n","qty":{qty},"version":{version}}}"#)
     }
 
-    #[test]
-    fn acked_refused_and_unknown_are_separated() {
+    /// Stats of a one-item plan after recording `ops` in order.
+    fn recorded(ops: Vec<(Op, Result<Reply, Failure>)>) -> Stats {
         let p = plan();
         let mut s = Stats::new(1);
-        let ms = Duration::from_millis(1);
-        s.record(
-            &p,
-            &Op::Patch { item: 0, delta: 1 },
-            reply(200, &item(11, 2)),
-            ms,
-        );
+        for (op, outcome) in ops {
+            s.record(&p, &op, outcome, Duration::from_millis(1));
+        }
+        s
+    }
+
+    fn patch(delta: i64) -> Op {
+        Op::Patch { item: 0, delta }
+    }
+
+    #[test]
+    fn acked_refused_and_unknown_are_separated() {
         let refusal = r#"{"status":400,"error":"qty_below_zero"}"#;
-        s.record(
-            &p,
-            &Op::Patch { item: 0, delta: -1 },
-            reply(400, refusal),
-            ms,
-        );
-        s.record(
-            &p,
-            &Op::Patch { item: 0, delta: -1 },
-            reply(503, r#"{"error":"overloaded"}"#),
-            ms,
-        );
-        s.record(
-            &p,
-            &Op::Patch { item: 0, delta: -1 },
-            Err(Failure::Timeout),
-            ms,
-        );
-        s.record(
-            &p,
-            &Op::Patch { item: 0, delta: 1 },
-            Err(Failure::Connect),
-            ms,
-        );
+        let s = recorded(vec![
+            (patch(1), reply(200, &item(11, 2))),
+            (patch(-1), reply(400, refusal)),
+            (patch(-1), reply(503, r#"{"error":"overloaded"}"#)),
+            (patch(-1), Err(Failure::Timeout)),
+            (patch(1), Err(Failure::Connect)),
+        ]);
         assert_eq!(s.tallies[0].acked, 1);
         assert_eq!(s.tallies[0].expected_range(10), (10, 11));
         assert_eq!(s.unknown_outcomes, 1);
@@ -341,22 +313,11 @@ mod tests {
 
     #[test]
     fn version_regression_and_negative_qty_are_caught() {
-        let p = plan();
-        let mut s = Stats::new(1);
-        let ms = Duration::from_millis(1);
-        s.record(
-            &p,
-            &Op::Patch { item: 0, delta: 0 },
-            reply(200, &item(10, 5)),
-            ms,
-        );
-        s.record(
-            &p,
-            &Op::Patch { item: 0, delta: 0 },
-            reply(200, &item(10, 5)),
-            ms,
-        );
-        s.record(&p, &Op::Get { item: 0 }, reply(200, &item(-1, 6)), ms);
+        let s = recorded(vec![
+            (patch(0), reply(200, &item(10, 5))),
+            (patch(0), reply(200, &item(10, 5))),
+            (Op::Get { item: 0 }, reply(200, &item(-1, 6))),
+        ]);
         assert_eq!(s.version_regressions, 1);
         assert_eq!(s.negative_qty_seen, 1);
         assert_eq!(s.malformed_replies, 0);

@@ -2,14 +2,15 @@
 //! the merged stats and the final reads, and its human rendering.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::check::{judge, ItemVerdict};
-use super::plan::Plan;
-use super::stats::Stats;
+use crate::check::{judge, ItemVerdict};
+use crate::plan::Plan;
+use crate::stats::Stats;
 
 /// Item verdicts listed in a report; beyond this only the counts are kept,
 /// so a `uniform` run over many owners stays readable.
@@ -176,56 +177,54 @@ fn check(plan: &Plan, stats: &Stats, finals: &[Option<i128>]) -> CheckReport {
     }
 }
 
-/// Prints the report for a person, on stdout.
-pub fn print_human(r: &LoadReport) {
+/// Writes the report for a person (what `countiq load` prints on stdout
+/// without `--json`).
+pub fn write_human(out: &mut impl Write, r: &LoadReport) -> io::Result<()> {
     let rate = r
         .target_rate
         .map(|t| format!(" at {t:.0} req/s target"))
         .unwrap_or_default();
-    println!(
+    writeln!(
+        out,
         "countiq load: {} | {} loop{rate} | {} connections | {:.2} s | {}",
         r.scenario, r.mode, r.connections, r.elapsed_s, r.url
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  throughput   {:.0} req/s ({} replies)",
         r.requests_per_s, r.replies
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  deltas       {:.0} acknowledged deltas/s ({} total)",
         r.deltas_per_s, r.deltas_acked
-    );
+    )?;
     let l = &r.latency_us;
     let corrected = if r.mode == "open" {
         " (from intended send time)"
     } else {
         ""
     };
-    println!(
+    writeln!(
+        out,
         "  latency µs   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.0}{corrected}",
         l.p50, l.p90, l.p99, l.p999, l.max, l.mean
-    );
-    println!(
-        "  status       {}",
-        join_counts(r.by_status.iter().map(|(k, v)| (k.to_string(), *v)))
-    );
-    if !r.by_error_code.is_empty() {
-        println!(
-            "  error codes  {}",
-            join_counts(r.by_error_code.iter().map(|(k, v)| (k.clone(), *v)))
-        );
+    )?;
+    let statuses = r.by_status.iter().map(|(k, v)| (k.to_string(), *v));
+    writeln!(out, "  status       {}", join_counts(statuses))?;
+    for (label, counts) in [("error codes", &r.by_error_code), ("no reply", &r.no_reply)] {
+        if !counts.is_empty() {
+            let counts = counts.iter().map(|(k, v)| (k.clone(), *v));
+            writeln!(out, "  {label:<11}  {}", join_counts(counts))?;
+        }
     }
-    if !r.no_reply.is_empty() {
-        println!(
-            "  no reply     {}",
-            join_counts(r.no_reply.iter().map(|(k, v)| (k.clone(), *v)))
-        );
-    }
-    print_check(&r.check);
+    write_check(out, &r.check)
 }
 
-fn print_check(c: &CheckReport) {
+fn write_check(out: &mut impl Write, c: &CheckReport) -> io::Result<()> {
     let verdict = if c.passed { "PASSED" } else { "FAILED" };
-    println!(
+    writeln!(
+        out,
         "  check        {verdict}: {}/{} items match start + acknowledged deltas; unknown outcomes: {}; \
          negative qty seen: {}; version regressions: {}; malformed replies: {}",
         c.items_checked - c.items_failed,
@@ -234,23 +233,107 @@ fn print_check(c: &CheckReport) {
         c.negative_qty_seen,
         c.version_regressions,
         c.malformed_replies
-    );
+    )?;
     for v in c.items.iter().filter(|v| !v.ok) {
         let got = v
             .final_qty
             .map_or_else(|| "unreadable".to_string(), |q| q.to_string());
-        println!(
+        writeln!(
+            out,
             "    item {}: final qty {got}, expected {}..={} (start {} + acked {}, {} unknown)",
             v.id, v.expected_min, v.expected_max, v.start_qty, v.acked_delta, v.unknown_outcomes
-        );
+        )?;
     }
     for s in &c.anomaly_samples {
-        println!("    anomaly: {s}");
+        writeln!(out, "    anomaly: {s}")?;
     }
+    Ok(())
 }
 
 fn join_counts(it: impl Iterator<Item = (String, u64)>) -> String {
     it.map(|(k, v)| format!("{k}: {v}"))
         .collect::<Vec<_>>()
         .join("  ")
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: the verdict and every failed item reach both the JSON and the
+    //! text a person reads; method: build reports from hand-made tallies and
+    //! final quantities for a two-item plan (start 10), and render them.
+    use super::*;
+    use crate::args::Scenario;
+
+    /// Item `a` had +5 acknowledged, item `b` nothing; `finals` as read back.
+    fn report(finals: &[Option<i128>]) -> LoadReport {
+        report_with(finals, Stats::new(2))
+    }
+
+    /// As `report`, with other counts in `stats`.
+    fn report_with(finals: &[Option<i128>], mut stats: Stats) -> LoadReport {
+        let plan = Plan::for_tests(Scenario::HotOwner, &["a", "b"]);
+        stats.tallies[0].ack(5);
+        let facts = RunFacts {
+            url: "http://127.0.0.1:1".into(),
+            connections: 1,
+            target_rate: None,
+            elapsed: Duration::from_secs(1),
+        };
+        build(facts, &plan, stats, finals)
+    }
+
+    fn render(r: &LoadReport) -> String {
+        let mut out = Vec::new();
+        write_human(&mut out, r).expect("write to a Vec");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn matching_quantities_pass() {
+        let r = report(&[Some(15), Some(10)]);
+        assert!(r.ok());
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["check"]["passed"], true);
+        let text = render(&r);
+        assert!(text.contains("check        PASSED: 2/2 items"), "{text}");
+        assert!(!text.contains("    item "), "{text}");
+    }
+
+    #[test]
+    fn a_lost_delta_fails_and_names_the_item() {
+        let r = report(&[Some(15), Some(9)]);
+        assert!(!r.ok());
+        assert_eq!(r.check.items_failed, 1);
+        assert_eq!(
+            serde_json::to_value(&r).expect("json")["check"]["passed"],
+            false
+        );
+        let text = render(&r);
+        assert!(text.contains("check        FAILED: 1/2 items"), "{text}");
+        assert!(
+            text.contains("item b: final qty 9, expected 10..=10"),
+            "{text}"
+        );
+        assert!(!text.contains("item a:"), "{text}");
+    }
+
+    #[test]
+    fn an_unread_item_fails() {
+        let r = report(&[None, Some(10)]);
+        assert!(!r.ok());
+        assert_eq!(r.check.items_unread, 1);
+        assert!(render(&r).contains("item a: final qty unreadable"));
+    }
+
+    #[test]
+    fn counts_are_listed_in_their_columns() {
+        let mut stats = Stats::new(2);
+        stats.by_status.insert(200, 7);
+        stats.by_error_code.insert("overloaded".into(), 2);
+        stats.by_failure.insert("timeout", 1);
+        let text = render(&report_with(&[Some(15), Some(10)], stats));
+        assert!(text.contains("\n  status       200: 7\n"), "{text}");
+        assert!(text.contains("\n  error codes  overloaded: 2\n"), "{text}");
+        assert!(text.contains("\n  no reply     timeout: 1\n"), "{text}");
+    }
 }

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use super::target::Target;
+use crate::target::Target;
 
 /// Item, problem and transaction bodies are small; anything larger is a bug.
 const RESPONSE_BYTES_MAX: usize = 1 << 20;
@@ -176,9 +176,4 @@ impl Client {
         // server, a token header), so this cannot fail.
         req.expect("request parts are valid")
     }
-}
-
-/// The `Authorization` header value for a token.
-pub(crate) fn bearer(token: &str) -> anyhow::Result<HeaderValue> {
-    Ok(HeaderValue::from_str(&format!("Bearer {token}"))?)
 }

@@ -1,11 +1,12 @@
 //! The `countiq load` command line: every knob of the load generator, with
-//! its default and its limit. Validation lives here so the rest of the module
+//! its default and its limit. Validation lives here so the rest of the crate
 //! can assume sane values.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use crate::contract::{JSON_INT_MAX, TX_OPS_MAX};
+use crate::error::LoadError;
 
 /// More virtual clients than this would only measure the client itself.
 pub(crate) const CONNECTIONS_MAX: u32 = 4096;
@@ -14,13 +15,11 @@ pub(crate) const OWNERS_MAX: u32 = 100_000;
 /// Items on the hot owner (`hot-owner`, `mixed`, `transactions`).
 pub(crate) const ITEMS_MAX: u32 = 10_000;
 /// The API accepts 1–1000 ops per transaction.
-pub(crate) const BATCH_MAX: u32 = 1000;
+pub(crate) const BATCH_MAX: u32 = TX_OPS_MAX;
 /// One run never lasts longer than this.
 pub(crate) const DURATION_MAX: Duration = Duration::from_secs(3600);
 /// Per-request timeout bounds.
 pub(crate) const TIMEOUT_MAX: Duration = Duration::from_secs(120);
-/// The largest quantity or delta every JSON client represents exactly (2^53 − 1).
-pub(crate) const JSON_INT_MAX: i64 = (1 << 53) - 1;
 /// Open-loop target rate bound (requests per second, all connections together).
 pub(crate) const RATE_MAX: f64 = 10_000_000.0;
 
@@ -130,7 +129,7 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     /// Rejects values outside the named limits, with a message naming the flag.
-    pub(crate) fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<(), LoadError> {
         check_range(
             "--connections",
             self.connections.into(),
@@ -143,33 +142,117 @@ impl LoadArgs {
         check_range("--delta-min", self.delta_min, -JSON_INT_MAX, JSON_INT_MAX)?;
         check_range("--delta-max", self.delta_max, self.delta_min, JSON_INT_MAX)?;
         check_range("--start-qty", self.start_qty, 0, JSON_INT_MAX)?;
-        if self.duration.is_zero() || self.duration > DURATION_MAX {
-            bail!(
-                "--duration must be in (0, {}]",
-                humantime::format_duration(DURATION_MAX)
-            );
-        }
-        if self.timeout.is_zero() || self.timeout > TIMEOUT_MAX {
-            bail!(
-                "--timeout must be in (0, {}]",
-                humantime::format_duration(TIMEOUT_MAX)
-            );
-        }
+        check_duration("--duration", self.duration, DURATION_MAX)?;
+        check_duration("--timeout", self.timeout, TIMEOUT_MAX)?;
         if self.requests == Some(0) {
-            bail!("--requests must be at least 1");
+            return Err(flag("--requests", "at least 1".into()));
         }
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0 && rate <= RATE_MAX) {
-                bail!("--rate must be in (0, {RATE_MAX}]");
+                return Err(flag("--rate", format!("in (0, {RATE_MAX}]")));
             }
         }
         Ok(())
     }
 }
 
-fn check_range(flag: &str, value: i64, min: i64, max: i64) -> Result<()> {
+fn flag(flag: &'static str, expected: String) -> LoadError {
+    LoadError::Flag { flag, expected }
+}
+
+fn check_range(name: &'static str, value: i64, min: i64, max: i64) -> Result<(), LoadError> {
     if value < min || value > max {
-        bail!("{flag} must be in [{min}, {max}], got {value}");
+        return Err(flag(name, format!("in [{min}, {max}], got {value}")));
     }
     Ok(())
+}
+
+fn check_duration(name: &'static str, value: Duration, max: Duration) -> Result<(), LoadError> {
+    if value.is_zero() || value > max {
+        let max = humantime::format_duration(max);
+        return Err(flag(name, format!("in (0, {max}]")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: every bound refuses the first value outside it, names its flag,
+    //! and accepts the bound itself; method: parse real command lines.
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    fn parse(extra: &[&str]) -> LoadArgs {
+        let argv = std::iter::once("load").chain(extra.iter().copied());
+        Cli::try_parse_from(argv).expect("parses").load
+    }
+
+    /// The flag named by the validation error, or None when valid.
+    fn refused_flag(extra: &[&str]) -> Option<&'static str> {
+        match parse(extra).validate() {
+            Ok(()) => None,
+            Err(LoadError::Flag { flag, .. }) => Some(flag),
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(refused_flag(&[]), None);
+    }
+
+    #[test]
+    fn each_bound_is_enforced_at_its_edge() {
+        let max = JSON_INT_MAX.to_string();
+        let over = (JSON_INT_MAX + 1).to_string();
+        let (min, under) = (format!("-{max}"), format!("-{over}"));
+        let cases: &[(&'static str, &str, &str)] = &[
+            ("--connections", "4096", "4097"),
+            ("--connections", "1", "0"),
+            ("--items", "10000", "10001"),
+            ("--owners", "100000", "100001"),
+            ("--batch", "1000", "1001"),
+            ("--start-qty", &max, &over),
+            ("--start-qty", "0", "-1"),
+            ("--delta-max", &max, &over),
+            ("--delta-min", &min, &under),
+            ("--duration", "1h", "3601s"),
+            ("--duration", "1ms", "0s"),
+            ("--timeout", "120s", "121s"),
+            ("--requests", "1", "0"),
+            ("--rate", "10000000", "10000001"),
+            ("--rate", "0.5", "0"),
+            ("--rate", "0.5", "NaN"),
+        ];
+        for &(name, edge, beyond) in cases {
+            // `--flag=value`, so that negative values parse as values.
+            let (edge, beyond) = (format!("{name}={edge}"), format!("{name}={beyond}"));
+            assert_eq!(refused_flag(&[&edge]), None, "{edge}");
+            assert_eq!(refused_flag(&[&beyond]), Some(name), "{beyond}");
+        }
+    }
+
+    #[test]
+    fn delta_max_below_delta_min_is_refused() {
+        let refused = refused_flag(&["--delta-min", "5", "--delta-max", "4"]);
+        assert_eq!(refused, Some("--delta-max"));
+        assert_eq!(
+            refused_flag(&["--delta-min", "5", "--delta-max", "5"]),
+            None
+        );
+    }
+
+    #[test]
+    fn the_message_names_flag_and_bound() {
+        let err = parse(&["--connections", "0"])
+            .validate()
+            .expect_err("refused");
+        assert_eq!(err.to_string(), "--connections must be in [1, 4096], got 0");
+    }
 }

@@ -5,8 +5,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::{anyhow, bail, Context, Result};
 use http::Uri;
+
+use crate::error::LoadError;
 
 /// The port used when `--url` names none.
 const HTTP_PORT_DEFAULT: u16 = 80;
@@ -40,27 +41,30 @@ pub(crate) struct ParsedUrl {
 
 /// Parses an `http://host[:port][/prefix]` URL. https is refused: the tool
 /// speaks plain HTTP/1.1 only.
-pub(crate) fn parse_url(url: &str) -> Result<ParsedUrl> {
-    let uri: Uri = url
-        .parse()
-        .with_context(|| format!("invalid --url {url:?}"))?;
+pub(crate) fn parse_url(url: &str) -> Result<ParsedUrl, LoadError> {
+    let uri: Uri = url.parse().map_err(|source| LoadError::UrlSyntax {
+        url: url.to_string(),
+        source,
+    })?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some(other) => bail!("--url scheme {other:?} is not supported (plain http only)"),
-        None => bail!("--url {url:?} needs a scheme, e.g. http://127.0.0.1:8080"),
+        Some(other) => {
+            let scheme = other.to_string();
+            return Err(LoadError::UrlScheme { scheme });
+        }
+        None => return Err(LoadError::UrlNoScheme { url: url.into() }),
     }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| anyhow!("--url {url:?} has no host"))?;
+    let no_host = || LoadError::UrlNoHost { url: url.into() };
+    let authority = uri.authority().ok_or_else(no_host)?;
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
     if host.is_empty() {
-        bail!("--url {url:?} has no host");
+        return Err(no_host());
     }
     if uri.query().is_some() {
-        bail!("--url must not carry a query string");
+        return Err(LoadError::UrlQuery);
     }
     Ok(ParsedUrl {
         host: host.to_string(),
@@ -82,27 +86,28 @@ pub(crate) fn is_loopback(ip: IpAddr) -> bool {
 
 /// Picks the address to dial; all of them must be loopback unless allowed.
 /// Requiring *all* keeps a name with one loopback and one remote record out.
-pub(crate) fn choose_addr(addrs: &[SocketAddr], allow_remote: bool) -> Result<SocketAddr> {
-    let first = *addrs
-        .first()
-        .ok_or_else(|| anyhow!("--url host resolved to no address"))?;
+pub(crate) fn choose_addr(
+    addrs: &[SocketAddr],
+    allow_remote: bool,
+) -> Result<SocketAddr, LoadError> {
+    let first = *addrs.first().ok_or(LoadError::NoAddress)?;
     if !allow_remote {
-        if let Some(remote) = addrs.iter().find(|a| !is_loopback(a.ip())) {
-            bail!(
-                "refusing non-loopback target {remote}: only 127.0.0.0/8 and ::1 are allowed \
-                 (pass --allow-remote to override)"
-            );
+        if let Some(&addr) = addrs.iter().find(|a| !is_loopback(a.ip())) {
+            return Err(LoadError::NotLoopback { addr });
         }
     }
     Ok(first)
 }
 
 /// Parses, resolves and validates `--url`.
-pub(crate) async fn resolve(url: &str, allow_remote: bool) -> Result<Target> {
+pub(crate) async fn resolve(url: &str, allow_remote: bool) -> Result<Target, LoadError> {
     let parsed = parse_url(url)?;
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((parsed.host.as_str(), parsed.port))
         .await
-        .with_context(|| format!("cannot resolve {:?}", parsed.host))?
+        .map_err(|source| LoadError::Resolve {
+            host: parsed.host.clone(),
+            source,
+        })?
         .collect();
     let addr = choose_addr(&addrs, allow_remote)?;
     Ok(Target {
@@ -141,9 +146,22 @@ mod tests {
 
     #[test]
     fn refuses_bad_schemes() {
-        assert!(parse_url("https://127.0.0.1").is_err());
-        assert!(parse_url("127.0.0.1:8080").is_err());
-        assert!(parse_url("http://127.0.0.1/?x=1").is_err());
+        assert!(matches!(
+            parse_url("https://127.0.0.1"),
+            Err(LoadError::UrlScheme { scheme }) if scheme == "https"
+        ));
+        assert!(matches!(
+            parse_url("127.0.0.1:8080"),
+            Err(LoadError::UrlNoScheme { .. })
+        ));
+        assert!(matches!(
+            parse_url("http://127.0.0.1/?x=1"),
+            Err(LoadError::UrlQuery)
+        ));
+        assert!(matches!(
+            parse_url("http://a b"),
+            Err(LoadError::UrlSyntax { .. })
+        ));
     }
 
     #[test]
@@ -161,9 +179,15 @@ mod tests {
     #[test]
     fn choose_addr_requires_every_address_loopback() {
         assert!(choose_addr(&[sa("127.0.0.1:1")], false).is_ok());
-        assert!(choose_addr(&[sa("10.1.2.3:1")], false).is_err());
-        assert!(choose_addr(&[sa("127.0.0.1:1"), sa("8.8.8.8:1")], false).is_err());
-        assert!(choose_addr(&[], false).is_err());
+        assert!(matches!(
+            choose_addr(&[sa("10.1.2.3:1")], false),
+            Err(LoadError::NotLoopback { addr }) if addr == sa("10.1.2.3:1")
+        ));
+        assert!(matches!(
+            choose_addr(&[sa("127.0.0.1:1"), sa("8.8.8.8:1")], false),
+            Err(LoadError::NotLoopback { addr }) if addr == sa("8.8.8.8:1")
+        ));
+        assert!(matches!(choose_addr(&[], false), Err(LoadError::NoAddress)));
         assert_eq!(
             choose_addr(&[sa("10.1.2.3:1")], true).expect("allowed"),
             sa("10.1.2.3:1")
@@ -176,6 +200,9 @@ mod tests {
             .await
             .expect("localhost");
         assert!(is_loopback(t.addr.ip()));
-        assert!(resolve("http://10.9.8.7:8080", false).await.is_err());
+        assert!(matches!(
+            resolve("http://10.9.8.7:8080", false).await,
+            Err(LoadError::NotLoopback { .. })
+        ));
     }
 }
