@@ -1,5 +1,6 @@
 # Helpers for bench/run.sh. Source it; do not run it.
-# Adapted from shared/peers/lib.sh (same knobs, same kill-by-PID discipline).
+# Adapted from the peer study's helpers (bench/PEERS.md): same knobs, same
+# kill-by-PID discipline.
 # shellcheck shell=bash
 set -euo pipefail
 

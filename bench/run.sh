@@ -129,7 +129,7 @@ pg_start() {
   mkdir -p "$dir"
   if [[ "$(id -u)" == 0 ]]; then chown postgres: "$dir"; fi
   as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1
-  # Same settings as shared/peers/pglib.sh; durability on by default.
+  # The peers' settings (bench/PEERS.md); durability on by default.
   cat >>"$dir/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PGPORT

@@ -7,15 +7,11 @@
 //!
 //! Encoding: bincode 2.0.1, little endian, variable-length integers
 //! (`CONFIG`). Decoding is bounded by `RECORD_BYTES_MAX`, so a corrupt length
-//! can never make us allocate gigabytes.
-//!
-//! Record framing (see `snapshots/FORMAT.md`):
-//!
-//! ```text
-//! u32 LE  len      payload length in bytes (1..=RECORD_BYTES_MAX)
-//! u32 LE  crc      CRC32C over the 4 length bytes followed by the payload
-//! [len]   payload  bincode RecordV1 { lsn, owner, event, key }
-//! ```
+//! can never make us allocate gigabytes. A frame is `u32 len`, `u32 CRC32C`
+//! over len and payload, then the payload (a `RecordV1` in the log, a
+//! snapshot frame in a snapshot). The byte layout of frames, records and
+//! snapshot frames, with the encoding rules and an example, is in
+//! `snapshots/FORMAT.md`, the one full copy.
 
 use bincode::config::{Configuration, LittleEndian, Varint};
 use bincode::{Decode, Encode};

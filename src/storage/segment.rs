@@ -1,28 +1,16 @@
-//! WAL segment files: naming, header, preparation (zero-filled, ahead of
-//! time) and installation (header, name) with the directory fsync that makes
-//! a new segment's existence durable.
+//! WAL segment files: naming, header, preparation (ahead of time, on the
+//! writer's preparer thread) and installation (header, name) with the
+//! directory fsync that makes a new segment's existence durable.
 //!
-//! A segment is `wal-<first LSN, 20 digits>.log`: a 32-byte header followed
-//! by framed records (see `codec`). Names sort in LSN order.
-//!
-//! ```text
-//! 0   8  magic      b"CIQWAL\0\0"
-//! 8   4  version    u32 LE: 1 or 2 (both use the record codec V1)
-//! 12  4  reserved   0
-//! 16  8  first_lsn  u64 LE: LSN of the first record in this segment
-//! 24  4  crc        CRC32C of bytes 0..24
-//! 28  4  reserved   0
-//! ```
-//!
-//! Version 2 (written by this build) is preallocated: the file is created
-//! at its full size (`segment_bytes`) filled with written zeros and synced,
-//! under a temporary name (`next-<n>.prep`), ahead of time by the writer's
-//! preparer thread. When the writer rolls into it, the header is written
-//! and synced, the file is renamed to its segment name and the directory is
-//! synced. Records then overwrite the zeros in place, so a group commit's
-//! `fdatasync` flushes data only, no file size or extent metadata. The
-//! zeros after the last record are the clean end of the segment (see
-//! `reader`). Version 1 files (appended, no zero tail) are still read.
+//! A segment is `wal-<first LSN, 20 digits>.log`: a 32-byte header (magic,
+//! version, first LSN, CRC32C) followed by framed records (see `codec`).
+//! Names sort in LSN order. Version 2, written by this build, is made from
+//! a prepared file (`next-<n>.prep`): with `--fsync always` it is
+//! preallocated with written zeros, so a group commit's `fdatasync` flushes
+//! data only, and the zeros after the last record are the clean end of the
+//! segment (see `reader`); with `--fsync never` it is appended. Version 1
+//! files (appended) are still read. Byte layout and rules:
+//! `snapshots/FORMAT.md`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

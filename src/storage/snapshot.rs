@@ -14,19 +14,12 @@
 //! `prune` must not run while a snapshot is being written (it removes
 //! `*.tmp`).
 //!
-//! Layout (see `snapshots/FORMAT.md`): a 32-byte header, then frames with the
-//! WAL's framing (u32 len, u32 CRC32C over len + payload, payload):
-//!
-//! ```text
-//! header  0 8 magic b"CIQSNAP\0" | 8 4 version u32 LE = 1 | 12 4 reserved
-//!         16 8 covers u64 LE | 24 4 CRC32C of bytes 0..24 | 28 4 reserved
-//! per owner: Owner{owner, last_lsn, items, keys}, Items chunks, Keys chunks
-//! Trailer{owners, items, keys}   then end of file
-//! ```
-//!
-//! The file is written to `*.tmp`, fsync'd, renamed, and the directory
-//! fsync'd: a snapshot file either exists complete or not at all. The counts
-//! and the trailer still catch a file damaged later.
+//! The file is a 32-byte header, then frames with the WAL's framing: per
+//! owner an `Owner` frame, `Items` and `Keys` chunks, then one `Trailer`
+//! (byte layout: `snapshots/FORMAT.md`). It is written to `*.tmp`, fsync'd,
+//! renamed, and the directory fsync'd: a snapshot file either exists
+//! complete or not at all. The counts and the trailer still catch a file
+//! damaged later.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};

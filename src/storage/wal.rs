@@ -9,12 +9,14 @@
 //! waiting reply gets 503, and `on_fatal` tells the server to stop; restart
 //! recovers from what is durable.
 //!
-//! Segments are preallocated (see `segment`) by a second thread, the
-//! preparer, so zero-filling never runs between a batch's write and its
-//! reply: while the writer fills one segment, the next one is already
-//! prepared and waiting. A failed preparation is handed to the writer and
-//! fails the log when the writer needs that file (at the roll), like a
-//! failed write; the preparer then stops, so nothing is retried.
+//! Segment files are prepared ahead of time by a second thread, the
+//! preparer (with `--fsync always` zero-filled to their full size; see
+//! `segment` and `snapshots/FORMAT.md`), so zero-filling never runs between
+//! a batch's write and its reply: while the writer fills one segment, the
+//! next one is already prepared and waiting. A failed preparation is
+//! handed to the writer and fails the log when the writer needs that file
+//! (at the roll), like a failed write; the preparer then stops, so nothing
+//! is retried.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
