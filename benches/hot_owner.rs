@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use countiq::actor::{ActorConfig, Answer, Request, SystemClock};
+use countiq::actor::{ActorConfig, SystemClock, Written};
 use countiq::domain::{Command, Delta, ItemName, Outcome, OwnerId, Qty, TxOp};
 use countiq::node::{Node, NodeConfig};
 use countiq::storage::wal::FsyncPolicy;
@@ -81,12 +81,8 @@ async fn run(fsync: FsyncPolicy, writers: usize, tx_ops: usize, items: usize, se
             name: ItemName::new(&format!("item{i}")).unwrap(),
             qty: Qty::new(0).unwrap(),
         };
-        match node
-            .registry()
-            .call(&owner, Request::Write { cmd, key: None })
-            .await
-        {
-            Ok(Answer::Done {
+        match node.registry().write(&owner, cmd, None).await {
+            Ok(Written::Done {
                 result: Ok(Outcome::Created(item)),
                 ..
             }) => ids.push(item.id),
@@ -126,12 +122,9 @@ async fn run(fsync: FsyncPolicy, writers: usize, tx_ops: usize, items: usize, se
                     Command::Transact { ops }
                 };
                 let started = Instant::now();
-                let answer = node
-                    .registry()
-                    .call(&owner, Request::Write { cmd, key: None })
-                    .await;
+                let answer = node.registry().write(&owner, cmd, None).await;
                 assert!(
-                    matches!(answer, Ok(Answer::Done { result: Ok(_), .. })),
+                    matches!(answer, Ok(Written::Done { result: Ok(_), .. })),
                     "{answer:?}"
                 );
                 if measuring.load(Ordering::Relaxed) {
@@ -143,7 +136,7 @@ async fn run(fsync: FsyncPolicy, writers: usize, tx_ops: usize, items: usize, se
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // warm-up
-    let stats = &node.registry().shared().wal.stats;
+    let stats = node.wal_stats();
     let (records0, syncs0) = (
         stats.records.load(Ordering::Relaxed),
         stats.syncs.load(Ordering::Relaxed),

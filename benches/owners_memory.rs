@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use countiq::actor::{ActorConfig, Answer, Request, SystemClock};
+use countiq::actor::{ActorConfig, SystemClock, Written};
 use countiq::alloc_count::{live_bytes, Counting};
 use countiq::domain::{Command, ItemName, OwnerId, Qty};
 use countiq::node::{Node, NodeConfig};
@@ -54,12 +54,9 @@ fn main() {
                         name: ItemName::new("milk").unwrap(),
                         qty: Qty::new(1).unwrap(),
                     };
-                    let answer = node
-                        .registry()
-                        .call(&owner, Request::Write { cmd, key: None })
-                        .await;
+                    let answer = node.registry().write(&owner, cmd, None).await;
                     assert!(
-                        matches!(answer, Ok(Answer::Done { result: Ok(_), .. })),
+                        matches!(answer, Ok(Written::Done { result: Ok(_), .. })),
                         "{answer:?}"
                     );
                 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::actor::registry::Registry;
 use crate::actor::{ActorConfig, Clock, Reply, Shared};
@@ -67,6 +67,9 @@ pub enum NodeError {
 
 pub struct Node {
     registry: Registry,
+    /// The log writer; the actors hold only its appending side. An `Arc`
+    /// so that shutdown can join the writer on a blocking thread.
+    wal: Arc<Wal<Reply>>,
     config: NodeConfig,
     /// `Some(reason)` once the log has failed.
     fatal: watch::Receiver<Option<String>>,
@@ -114,7 +117,7 @@ impl Node {
                 .await
                 .map_err(|e| NodeError::Join(e.to_string()))??;
         let shared = Arc::new(Shared {
-            wal,
+            log: wal.appender(),
             config: config.actor,
             clock,
         });
@@ -128,6 +131,7 @@ impl Node {
             elapsed_ms = started.elapsed().as_millis() as u64, "recovered");
         let node = Arc::new(Node {
             registry,
+            wal: Arc::new(wal),
             config,
             fatal,
             checkpoint_lock: Arc::new(tokio::sync::Mutex::new(recovered.next_lsn)),
@@ -152,18 +156,13 @@ impl Node {
         self.fatal.clone()
     }
 
-    fn pipeline(&self) -> &Pipeline<Reply> {
-        &self.registry.shared().wal.pipeline
+    /// The log writer's counters (benchmarks).
+    pub fn wal_stats(&self) -> &crate::storage::wal::WalStats {
+        &self.wal.stats
     }
 
-    /// Wait until `lsn` is durable.
-    async fn durable(&self, lsn: u64) -> Result<(), NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.pipeline().when_durable(lsn, Reply::barrier(tx));
-        match rx.await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(NodeError::LogFailed),
-        }
+    fn pipeline(&self) -> &Pipeline<Reply> {
+        &self.wal.pipeline
     }
 
     /// Write a snapshot of every owner, then prune old snapshots and the
@@ -193,7 +192,7 @@ impl Node {
             .max()
             .unwrap_or(0)
             .max(covers - 1);
-        self.durable(newest).await?;
+        (self.registry.barrier(newest).await).map_err(|_| NodeError::LogFailed)?;
         let owners: Vec<OwnerSnapshot> = copies
             .into_iter()
             .map(|c| OwnerSnapshot {
@@ -235,8 +234,8 @@ impl Node {
         } else {
             self.checkpoint().await.map(|_| ())
         };
-        let shared = self.registry.shared().clone();
-        let closed = tokio::task::spawn_blocking(move || shared.wal.shutdown())
+        let wal = self.wal.clone();
+        let closed = tokio::task::spawn_blocking(move || wal.shutdown())
             .await
             .map_err(|e| NodeError::Join(e.to_string()))?;
         snapshot?;
@@ -288,7 +287,7 @@ pub(crate) fn quiet_config(dir: &std::path::Path) -> NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actor::{Answer, Request, SystemClock};
+    use crate::actor::{SystemClock, Written};
     use crate::domain::{Command, ItemName, OwnerId, Qty};
 
     /// Goal: a checkpoint whose future is dropped while its file is being
@@ -311,12 +310,8 @@ mod tests {
                 name: ItemName::new(&format!("item-{i}")).unwrap(),
                 qty: Qty::new(1).unwrap(),
             };
-            let answer = node
-                .registry()
-                .call(&owner, Request::Write { cmd, key: None })
-                .await
-                .unwrap();
-            assert!(matches!(answer, Answer::Done { result: Ok(_), .. }));
+            let answer = node.registry().write(&owner, cmd, None).await.unwrap();
+            assert!(matches!(answer, Written::Done { result: Ok(_), .. }));
         }
         let node = Arc::new(node);
         let writing = |dir: &std::path::Path| {

@@ -61,6 +61,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Stopped> {
     telemetry::install();
+    crate::http::request_metrics::register();
     let state = AppState::new(Auth::new(&config.jwt_secret));
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = tokio::spawn(accept_loop(listener, app(state.clone()), stop_rx.clone()));
@@ -137,7 +138,7 @@ async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Rec
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
-pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 

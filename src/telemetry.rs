@@ -1,15 +1,17 @@
-//! Metrics: the Prometheus recorder, the per-request middleware, and the
-//! sampler that turns registry state into gauges.
+//! Metrics: the Prometheus recorder, the table of every metric family, and
+//! the sampler that turns registry state into gauges.
 //!
 //! Code everywhere records through the `metrics` facade (`counter!`,
 //! `histogram!`, `gauge!`); this module installs the one process-wide
-//! recorder and renders it for `GET /metrics`. Every metric is listed with
-//! its meaning in README "Metrics".
+//! recorder, registers every family in [`FAMILIES`] at 0 (so a fresh node
+//! already exports what dashboards and `absent()` alerts look for), and
+//! renders it for `GET /metrics`. README "Metrics" lists the same families
+//! (a test holds the two equal). The per-request histogram's labels live
+//! with the HTTP layer (`http::request_metrics`).
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::MatchedPath;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::actor::registry::Registry;
@@ -47,9 +49,166 @@ pub fn install() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Fails only if another recorder is installed (e.g. a test that set
         // its own); the handle then renders nothing, which is harmless.
-        let _ = metrics::set_global_recorder(recorder);
+        if metrics::set_global_recorder(recorder).is_ok() {
+            register_families();
+        }
         handle
     })
+}
+
+/// What a family is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric family the node exports, with its help text. Labelled
+/// families are registered with the label sets known at start (see
+/// [`register_families`]).
+pub const FAMILIES: &[(&str, Kind, &str)] = &[
+    (
+        "countiq_http_request_duration_seconds",
+        Kind::Histogram,
+        "Request latency by route template, method and status; its _count is the request counter.",
+    ),
+    (
+        "countiq_http_requests_shed_total",
+        Kind::Counter,
+        "Requests refused by the in-flight bound (503 overloaded).",
+    ),
+    (
+        "countiq_http_connections_refused_total",
+        Kind::Counter,
+        "Connections closed by the connection bound.",
+    ),
+    ("countiq_owners", Kind::Gauge, "Owners known to this node."),
+    (
+        "countiq_actors_active",
+        Kind::Gauge,
+        "Owners with a running actor.",
+    ),
+    (
+        "countiq_actors_parked",
+        Kind::Gauge,
+        "Owners whose idle actor was parked.",
+    ),
+    (
+        "countiq_actor_activations_total",
+        Kind::Counter,
+        "Actors started (including re-activations of parked owners).",
+    ),
+    (
+        "countiq_actor_parks_total",
+        Kind::Counter,
+        "Idle actors parked.",
+    ),
+    (
+        "countiq_mailbox_depth_max",
+        Kind::Gauge,
+        "The deepest owner mailbox.",
+    ),
+    (
+        "countiq_mailbox_depth_top",
+        Kind::Gauge,
+        "The deepest mailboxes, by rank (1 = deepest).",
+    ),
+    (
+        "countiq_wal_batch_records",
+        Kind::Histogram,
+        "Records per group commit.",
+    ),
+    (
+        "countiq_wal_fsync_seconds",
+        Kind::Histogram,
+        "fdatasync latency.",
+    ),
+    (
+        "countiq_wal_bytes_written_total",
+        Kind::Counter,
+        "Bytes written to the log.",
+    ),
+    (
+        "countiq_wal_records_total",
+        Kind::Counter,
+        "Records written to the log.",
+    ),
+    (
+        "countiq_wal_segments_created_total",
+        Kind::Counter,
+        "Log segments created.",
+    ),
+    (
+        "countiq_wal_segment_wait_seconds",
+        Kind::Histogram,
+        "How long a segment roll waited for the prepared segment.",
+    ),
+    (
+        "countiq_snapshot_seconds",
+        Kind::Histogram,
+        "Snapshot duration.",
+    ),
+    (
+        "countiq_snapshot_owner_pause_seconds",
+        Kind::Histogram,
+        "How long an owner paused to copy its state for a snapshot.",
+    ),
+    (
+        "countiq_recovery_seconds",
+        Kind::Histogram,
+        "Time to recover at start.",
+    ),
+    (
+        "countiq_idempotency_hits_total",
+        Kind::Counter,
+        "Keyed requests answered from a stored key (replays).",
+    ),
+    (
+        "countiq_idempotency_misses_total",
+        Kind::Counter,
+        "Keyed requests with a new key.",
+    ),
+    (
+        "countiq_idempotency_reuse_conflicts_total",
+        Kind::Counter,
+        "Keys reused for a different request (422).",
+    ),
+    (
+        "countiq_idempotency_expired_total",
+        Kind::Counter,
+        "Keys dropped at expiry.",
+    ),
+];
+
+/// Describe every family and create its series at 0. A histogram is
+/// created without samples (count 0). The mailbox ranks are created for
+/// 1..=`TOP_OWNERS_REPORTED`; the request histogram's series belong to the
+/// HTTP layer (`http::request_metrics::register`, called by the server).
+fn register_families() {
+    for &(name, kind, help) in FAMILIES {
+        match kind {
+            Kind::Counter => {
+                metrics::describe_counter!(name, help);
+                metrics::counter!(name).absolute(0);
+            }
+            Kind::Gauge => {
+                metrics::describe_gauge!(name, help);
+                if name != "countiq_mailbox_depth_top" {
+                    metrics::gauge!(name).set(0.0);
+                }
+            }
+            Kind::Histogram => {
+                metrics::describe_histogram!(name, help);
+                if name != "countiq_http_request_duration_seconds" {
+                    let _ = metrics::histogram!(name);
+                }
+            }
+        }
+    }
+    for rank in 1..=TOP_OWNERS_REPORTED {
+        metrics::gauge!("countiq_mailbox_depth_top", "rank" => rank.to_string()).set(0.0);
+    }
 }
 
 /// Fold the raw samples every histogram has buffered into its buckets.
@@ -66,153 +225,12 @@ pub fn render() -> String {
     install().render()
 }
 
-/// Every route template the router serves (the OpenAPI sync test checks
-/// the document against this list). Static strings: a label costs no
-/// allocation.
-pub const ROUTES: &[&str] = &[
-    "/items",
-    "/items/{id}",
-    "/items/{id}/qty",
-    "/transactions",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-];
-
-/// Route labels: the templates, then `unmatched` (no route: 404/405) and
-/// `other` (a template missing from `ROUTES`, which the OpenAPI test
-/// would catch).
-const ROUTE_LABELS: [&str; ROUTE_COUNT] = {
-    let mut labels = ["unmatched"; ROUTE_COUNT];
-    let mut i = 0;
-    while i < ROUTES.len() {
-        labels[i] = ROUTES[i];
-        i += 1;
-    }
-    labels[ROUTE_COUNT - 1] = "other";
-    labels
-};
-
-fn route_index(path: Option<&MatchedPath>) -> usize {
-    let Some(path) = path else {
-        return ROUTE_COUNT - 2; // "unmatched"
-    };
-    ROUTES
-        .iter()
-        .position(|r| *r == path.as_str())
-        .unwrap_or(ROUTE_COUNT - 1)
-}
-
-const METHODS: &[&str] = &[
-    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other",
-];
-
-fn method_index(method: &axum::http::Method) -> usize {
-    use axum::http::Method;
-    match *method {
-        Method::GET => 0,
-        Method::POST => 1,
-        Method::PUT => 2,
-        Method::PATCH => 3,
-        Method::DELETE => 4,
-        Method::HEAD => 5,
-        Method::OPTIONS => 6,
-        _ => 7,
-    }
-}
-
-const STATUSES: &[(u16, &str)] = &[
-    (200, "200"),
-    (201, "201"),
-    (204, "204"),
-    (400, "400"),
-    (401, "401"),
-    (404, "404"),
-    (405, "405"),
-    (408, "408"),
-    (409, "409"),
-    (412, "412"),
-    (413, "413"),
-    (415, "415"),
-    (422, "422"),
-    (429, "429"),
-    (500, "500"),
-    (503, "503"),
-    (0, "other"),
-];
-
-fn status_index(status: axum::http::StatusCode) -> usize {
-    STATUSES[..STATUSES.len() - 1]
-        .iter()
-        .position(|(c, _)| *c == status.as_u16())
-        .unwrap_or(STATUSES.len() - 1)
-}
-
-const ROUTE_COUNT: usize = 8 + 2;
-const METHOD_COUNT: usize = 8;
-const STATUS_COUNT: usize = 17;
-const _: () = assert!(
-    ROUTES.len() + 2 == ROUTE_COUNT
-        && METHODS.len() == METHOD_COUNT
-        && STATUSES.len() == STATUS_COUNT
-);
-
-/// One histogram handle per label combination, registered on first use.
-/// `metrics::histogram!` with labels builds a label vector and looks the
-/// key up in the recorder's registry on every call; at tens of thousands
-/// of requests per second that was a measurable share of the hot path.
-static REQUEST_HISTOGRAMS: [OnceLock<metrics::Histogram>;
-    ROUTE_COUNT * METHOD_COUNT * STATUS_COUNT] =
-    [const { OnceLock::new() }; ROUTE_COUNT * METHOD_COUNT * STATUS_COUNT];
-
-fn request_histogram(route: usize, method: usize, status: usize) -> &'static metrics::Histogram {
-    REQUEST_HISTOGRAMS[(route * METHOD_COUNT + method) * STATUS_COUNT + status].get_or_init(|| {
-        let labels = [
-            ("route", ROUTE_LABELS[route]),
-            ("method", METHODS[method]),
-            ("status", STATUSES[status].1),
-        ];
-        metrics::histogram!("countiq_http_request_duration_seconds", &labels)
-    })
-}
-
-/// A request's metric labels, as indices into the static label tables:
-/// computed once before the handler runs, recorded once after. Labels are
-/// static strings and the histogram handles are cached, so recording
-/// allocates nothing and looks nothing up.
-#[derive(Clone, Copy)]
-pub struct RequestLabels {
-    route: usize,
-    method: usize,
-}
-
-impl RequestLabels {
-    pub fn of(path: Option<&MatchedPath>, method: &axum::http::Method) -> Self {
-        RequestLabels {
-            route: route_index(path),
-            method: method_index(method),
-        }
-    }
-
-    /// The route template, `unmatched` or `other`.
-    pub fn route(&self) -> &'static str {
-        ROUTE_LABELS[self.route]
-    }
-
-    /// One histogram: its `_count` series is the request counter.
-    pub fn record(&self, status: axum::http::StatusCode, elapsed: Duration) {
-        request_histogram(self.route, self.method, status_index(status))
-            .record(elapsed.as_secs_f64());
-    }
-}
-
 /// Sample the registry once a second until `stop` turns true.
 pub async fn sample_registry(reg: Registry, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SAMPLE_EVERY) => {}
-            _ = crate::server::stop_requested(&mut stop) => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
         drain_histograms();
         let stats = reg.stats(TOP_OWNERS_REPORTED);

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use countiq::actor::{ActorConfig, Answer, Request, SystemClock};
+use countiq::actor::{ActorConfig, Page, SystemClock, Written};
 use countiq::domain::{
     Command, Delta, Item, ItemName, Outcome, OwnerId, Precondition, Qty, Rejection, TxOp,
 };
@@ -199,17 +199,12 @@ struct Harness {
 }
 
 impl Harness {
-    async fn call(&self, req: Request) -> Answer {
-        self.node
-            .registry()
-            .call(&self.owner, req)
-            .await
-            .expect("call")
-    }
-
     async fn write(&self, cmd: Command) -> Result<Outcome, Rejection> {
-        match self.call(Request::Write { cmd, key: None }).await {
-            Answer::Done { result, replayed } => {
+        let written = self.node.registry().write(&self.owner, cmd, None).await;
+        match written.expect("write") {
+            Written::Done {
+                result, replayed, ..
+            } => {
                 assert!(!replayed);
                 result
             }
@@ -217,20 +212,20 @@ impl Harness {
         }
     }
 
+    async fn get(&self, id: Uuid) -> Option<Item> {
+        let read = self.node.registry().get(&self.owner, id).await;
+        read.expect("get").value
+    }
+
+    async fn list(&self, after: Option<Uuid>, limit: usize) -> Page {
+        let read = self.node.registry().list(&self.owner, after, limit).await;
+        read.expect("list").value
+    }
+
     async fn list_all(&self) -> Vec<Item> {
-        match self
-            .call(Request::List {
-                after: None,
-                limit: 1000,
-            })
-            .await
-        {
-            Answer::Page { items, more } => {
-                assert!(!more);
-                items
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+        let page = self.list(None, 1000).await;
+        assert!(!page.more);
+        page.items
     }
 }
 
@@ -370,22 +365,12 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
             Step::Get { item } => {
                 let id = pick(&model, &gone, never, item);
-                let Answer::Found(found) = h.call(Request::Get(id)).await else {
-                    return Err(TestCaseError::fail("Get answered something else"));
-                };
+                let found = h.get(id).await;
                 prop_assert_eq!(found.as_ref().map(as_model), model.get(&id).cloned());
             }
             Step::List { after, limit } => {
                 let after = after.as_ref().map(|i| pick(&model, &gone, never, i));
-                let Answer::Page { items, more } = h
-                    .call(Request::List {
-                        after,
-                        limit: *limit,
-                    })
-                    .await
-                else {
-                    return Err(TestCaseError::fail("List answered something else"));
-                };
+                let Page { items, more } = h.list(after, *limit).await;
                 let rest: Vec<(Uuid, M)> = model
                     .iter()
                     .filter(|(id, _)| after.is_none_or(|a| **id > a))

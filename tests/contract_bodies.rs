@@ -9,7 +9,7 @@ use common::TestServer;
 use reqwest::{Method, StatusCode};
 use support::{all_items, assert_problem, id_of, Req};
 
-const QTY_MAX: i64 = (1 << 53) - 1;
+const QTY_MAX: i64 = countiq::domain::QTY_MAX as i64;
 
 /// Integer-field values that are not a JSON integer in range.
 fn bad_ints() -> Vec<String> {
@@ -133,7 +133,10 @@ async fn patch_bad_bodies() {
     for v in bad_ints() {
         refused(&s, Method::PATCH, &path, &format!(r#"{{"delta": {v}}}"#)).await;
     }
-    for body in not_an_object() {
+    for body in not_an_object()
+        .into_iter()
+        .chain(["[1]", "[1, 2]", "[[1]]"].map(String::from))
+    {
         refused(&s, Method::PATCH, &path, &body).await;
     }
     for body in [
@@ -203,7 +206,11 @@ async fn post_bad_bodies() {
         &format!(r#"{{"name": "{long}"}}"#),
     )
     .await;
-    for body in not_an_object() {
+    let sequences = [r#"["milk", 3]"#, r#"["milk"]"#, r#"[["milk", 3]]"#];
+    for body in not_an_object()
+        .into_iter()
+        .chain(sequences.map(String::from))
+    {
         refused(&s, Method::POST, "/items", &body).await;
     }
     for body in [
@@ -261,7 +268,10 @@ async fn put_bad_bodies() {
         )
         .await;
     }
-    for body in not_an_object() {
+    for body in not_an_object()
+        .into_iter()
+        .chain([r#"["oat", 5]"#, r#"["milk", 5]"#].map(String::from))
+    {
         refused(&s, Method::PUT, &path, &body).await;
     }
     for body in [
@@ -330,6 +340,10 @@ async fn transaction_bad_bodies() {
             r#"{{"ops": [{{"item": "{a}", "delta": 1}}], "ops": [{{"item": "{a}", "delta": 1}}]}}"#
         ),
         format!(r#"[{{"item": "{a}", "delta": 1}}]"#),
+        // The sequence forms of the envelope and of an op.
+        format!(r#"[[["{a}", 1]]]"#),
+        format!(r#"{{"ops": [["{a}", 1]]}}"#),
+        format!(r#"{{"ops": [{{"item": "{a}", "delta": 1}}, ["{b}", 1]]}}"#),
     ];
     for body in &envelopes {
         refused(&s, Method::POST, tx, body).await;
@@ -342,4 +356,34 @@ async fn transaction_bad_bodies() {
         .send(&s)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+}
+
+/// Goal: a sequence-form body is refused even with an Idempotency-Key, and
+/// the key is not taken by it: the same key then works with the object
+/// form (201, not a replay and not 422).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_sequence_body_stores_no_key() {
+    let s = TestServer::start().await;
+    let r = Req::new(Method::POST, "/items", "alice")
+        .json(r#"["milk", 3]"#)
+        .header("idempotency-key", "seq-1")
+        .send(&s)
+        .await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_body");
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expected a JSON object"),
+        "{}",
+        r.raw
+    );
+    assert!(all_items(&s, "alice").await.is_empty());
+    let r = Req::new(Method::POST, "/items", "alice")
+        .json(r#"{"name": "milk", "qty": 3}"#)
+        .header("idempotency-key", "seq-1")
+        .send(&s)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.raw);
+    assert!(r.headers.get("idempotent-replayed").is_none());
 }

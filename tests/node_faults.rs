@@ -18,7 +18,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use countiq::actor::{Answer, CallError, Request, SystemClock};
+use countiq::actor::{CallError, SystemClock, Written};
 use countiq::domain::{Command, Delta, OwnerId};
 use countiq::node::Node;
 use countiq::storage::segment::DirDisk;
@@ -51,12 +51,8 @@ async fn run(op: FaultOp, nth: u64, errno: i32) {
                     delta: Delta::new(1).unwrap(),
                     if_match: None,
                 };
-                match node
-                    .registry()
-                    .call(&owner, Request::Write { cmd, key: None })
-                    .await
-                {
-                    Ok(Answer::Done { result: Ok(_), .. }) => {
+                match node.registry().write(&owner, cmd, None).await {
+                    Ok(Written::Done { result: Ok(_), .. }) => {
                         assert!(
                             !failure_known_before,
                             "acknowledged after a failure was reported"
@@ -93,20 +89,15 @@ async fn run(op: FaultOp, nth: u64, errno: i32) {
         delta: Delta::new(1).unwrap(),
         if_match: None,
     };
-    let later = node
-        .registry()
-        .call(&owner, Request::Write { cmd, key: None })
-        .await;
+    let later = node.registry().write(&owner, cmd, None).await;
     assert_eq!(later, Err(CallError::Unavailable));
     drop(node); // releases the data dir lock
 
     let node = Node::open(common::node_config(dir.path()), Box::new(SystemClock))
         .await
         .unwrap();
-    let qty = match node.registry().call(&owner, Request::Get(id)).await {
-        Ok(Answer::Found(Some(item))) => item.qty.get(),
-        other => panic!("{other:?}"),
-    };
+    let item = node.registry().get(&owner, id).await.unwrap().value;
+    let qty = item.expect("the item exists").qty.get();
     let unknown = TASKS as u64;
     assert!(
         (acked..=acked + unknown).contains(&qty),

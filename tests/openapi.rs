@@ -13,8 +13,8 @@ const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 /// documented is missing. Method: axum cannot list its routes, so probe the
 /// real server: for every documented path and every method, "documented"
 /// must equal "the server does not answer 405"; and the documented paths
-/// must equal the route templates the metrics know (`telemetry::ROUTES`),
-/// which a new route has to be added to anyway for its label.
+/// and their methods must equal the route table (`http::routes::TABLE`),
+/// which the router, the metric labels and the fingerprints use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn document_matches_the_router() {
     let s = TestServer::start().await;
@@ -30,11 +30,20 @@ async fn document_matches_the_router() {
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().expect("paths");
     let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
-    let known: BTreeSet<&str> = countiq::telemetry::ROUTES.iter().copied().collect();
+    let known: BTreeSet<&str> = countiq::http::routes::ALL.iter().copied().collect();
     assert_eq!(
         documented, known,
         "documented paths vs the router's route templates"
     );
+    for (path, methods) in countiq::http::routes::TABLE {
+        let documented: BTreeSet<String> =
+            paths[*path].as_object().unwrap().keys().cloned().collect();
+        let table: BTreeSet<String> = methods.iter().map(|(m, _)| m.to_lowercase()).collect();
+        assert_eq!(
+            documented, table,
+            "{path}: documented methods vs the route table"
+        );
+    }
     let item = s.create("alice", "probe", 1).await;
     let id = item["id"].as_str().unwrap();
     for (path, ops) in paths {
@@ -82,4 +91,52 @@ async fn document_declares_errors_and_bearer_auth() {
             "PATCH documents {status}"
         );
     }
+}
+
+/// Goal: the schema bounds are the domain's constants, not numbers written
+/// out by hand. Method: read each bound from the document and compare.
+#[test]
+fn schema_bounds_are_the_constants() {
+    use countiq::domain::{DELTA_ABS_MAX, NAME_CHARS_MAX, QTY_MAX, TX_OPS_MAX};
+    let doc: Value = serde_json::from_str(countiq::http::openapi::document()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for body in ["CreateBody", "ReplaceBody"] {
+        let name = &schemas[body]["properties"]["name"];
+        assert_eq!(name["maxLength"], NAME_CHARS_MAX as u64, "{body}.name");
+        assert_eq!(name["minLength"], 1, "{body}.name");
+        let qty = &schemas[body]["properties"]["qty"];
+        assert_eq!(
+            (qty["minimum"].as_i64(), qty["maximum"].as_u64()),
+            (Some(0), Some(QTY_MAX)),
+            "{body}.qty"
+        );
+    }
+    for (schema, field) in [("AdjustBody", "delta"), ("TxOpBody", "delta")] {
+        let delta = &schemas[schema]["properties"][field];
+        assert_eq!(
+            (delta["minimum"].as_i64(), delta["maximum"].as_i64()),
+            (Some(-DELTA_ABS_MAX), Some(DELTA_ABS_MAX)),
+            "{schema}.{field}"
+        );
+    }
+    assert_eq!(
+        schemas["Item"]["properties"]["qty"]["maximum"].as_u64(),
+        Some(QTY_MAX)
+    );
+    let ops = &schemas["TxBody"]["properties"]["ops"];
+    assert_eq!(
+        (ops["minItems"].as_u64(), ops["maxItems"].as_u64()),
+        (Some(1), Some(TX_OPS_MAX as u64))
+    );
+    let params = doc["paths"]["/items"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let limit = params
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .expect("limit parameter");
+    assert_eq!(
+        limit["schema"]["maximum"].as_u64(),
+        Some(countiq::http::LIST_LIMIT_MAX as u64)
+    );
 }

@@ -16,7 +16,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use countiq::actor::{Answer, Request, SystemClock};
+use countiq::actor::{SystemClock, Written};
 use countiq::domain::{Command, Delta, Outcome, OwnerId};
 use countiq::node::Node;
 use rand::Rng;
@@ -60,12 +60,8 @@ async fn messages_racing_a_parking_actor_are_never_lost() {
                         delta: Delta::new(1).unwrap(),
                         if_match: None,
                     };
-                    match node
-                        .registry()
-                        .call(&owner, Request::Write { cmd, key: None })
-                        .await
-                    {
-                        Ok(Answer::Done {
+                    match node.registry().write(&owner, cmd, None).await {
+                        Ok(Written::Done {
                             result: Ok(Outcome::Updated(item)),
                             ..
                         }) => versions.push(item.version),
@@ -91,10 +87,8 @@ async fn messages_racing_a_parking_actor_are_never_lost() {
     let acked = (ROUNDS * TASKS * DELTAS_PER_TASK) as u64;
     let expected: BTreeSet<u64> = (2..=acked + 1).collect();
     assert_eq!(versions, expected, "versions form one gap-free chain");
-    match node.registry().call(&owner, Request::Get(id)).await {
-        Ok(Answer::Found(Some(item))) => assert_eq!(item.qty.get(), acked),
-        other => panic!("{other:?}"),
-    }
+    let item = node.registry().get(&owner, id).await.unwrap().value;
+    assert_eq!(item.expect("the item exists").qty.get(), acked);
     eprintln!(
         "{} activations of one owner during {acked} deltas",
         node.registry().activations()

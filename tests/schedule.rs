@@ -171,7 +171,7 @@ fn run_seed(seed: u64) -> (usize, usize) {
                         tokio::task::yield_now().await;
                     }
                     if rng.random_bool(0.1) {
-                        wal.wait_for_room().await;
+                        wal.appender().wait_for_room().await;
                     }
                     let (done, rx) = oneshot::channel();
                     if last_lsn > 0 && rng.random_bool(0.25) {

@@ -5,12 +5,13 @@
 //! without locks. Each message is handled synchronously, with no `.await`
 //! inside, so no invariant ever spans an await point:
 //!
-//! 1. `decide` against the state; a rejection leaves it untouched;
-//! 2. on success `evolve` at once (the next message sees the new state) and
-//!    append the event, with its idempotency record if any, to the commit
+//! 1. `OwnerState::apply`: decide against the state (a rejection leaves it
+//!    untouched), on success evolve at once (the next message sees the new
+//!    state), and store a keyed request's answer under its key;
+//! 2. append the event, with its idempotency record if any, to the commit
 //!    pipeline as one WAL record;
 //! 3. hand the reply to the pipeline, which sends it once the owner's last
-//!    LSN is durable. The actor goes straight on to the next message: it
+//!    LSN is durable (the reply carries that LSN: `CountIQ-LSN`). The actor goes straight on to the next message: it
 //!    never waits for fsync (pipelining). Reads and rejections wait for the
 //!    owner's last LSN too, so nobody sees state a crash could take back.
 //!
@@ -28,12 +29,12 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::domain::idempotency::{
-    Fingerprint, IdemKey, KeyRecord, KeyTable, Lookup, StoredResponse, KEY_SWEEP_PER_WRITE,
+    Fingerprint, IdemKey, KeyTable, Lookup, StoredResponse, KEY_SWEEP_PER_WRITE,
 };
-use crate::domain::{Command, Ctx, Item, Micros, OwnerId, OwnerState};
+use crate::domain::{Command, Ctx, Item, KeyStamp, Micros, OwnerId, OwnerState};
 use crate::storage::codec::encode_record;
-use crate::storage::pipeline::{Failed, Pipeline, Waiter};
-use crate::storage::wal::Wal;
+use crate::storage::pipeline::{Failed, Waiter};
+use crate::storage::wal::Appender;
 
 /// Mailbox depth per owner. A full mailbox answers 503 `overloaded` at once
 /// (`try_send`); it never queues without bound.
@@ -41,39 +42,37 @@ pub const MAILBOX_DEPTH_DEFAULT: usize = 4096;
 /// Messages an actor takes from its mailbox per wake-up.
 const MAILBOX_BATCH_MAX: usize = 256;
 
-/// What a caller asks an owner.
-#[derive(Debug)]
-pub enum Request {
-    Get(Uuid),
-    List {
-        after: Option<Uuid>,
-        limit: usize,
-    },
-    Write {
-        cmd: Command,
-        key: Option<(IdemKey, Fingerprint)>,
-    },
+/// A read's answer and the owner's LSN it reflects: the state after every
+/// record of this owner up to `lsn` (0: nothing was ever logged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read<T> {
+    pub value: T,
+    pub lsn: u64,
 }
 
-/// What an owner answers.
+/// One page of an owner's items in listing order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    Found(Option<Item>),
-    Page {
-        items: Vec<Item>,
-        more: bool,
-    },
-    /// A state-machine outcome; `replayed` when it came from a stored key.
+pub struct Page {
+    pub items: Vec<Item>,
+    /// Whether more items follow the last one.
+    pub more: bool,
+}
+
+/// What a write got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// A state-machine answer. `lsn`: the record that logged it, or for an
+    /// unlogged rejection the owner's state it was decided against; `None`
+    /// on a replay from a stored key (the original's LSN is not kept).
     Done {
         result: StoredResponse,
         replayed: bool,
+        lsn: Option<u64>,
     },
     /// The key is stored for a different request.
     KeyReused,
     /// The owner's key table is full of unexpired keys.
-    KeysExhausted {
-        retry_after: Duration,
-    },
+    KeysExhausted { retry_after: Duration },
 }
 
 /// Why a call got no answer.
@@ -93,44 +92,68 @@ pub struct OwnerCopy {
     pub keys: KeyTable,
 }
 
-pub(crate) enum Msg {
-    /// Boxed so a mailbox slot is two pointers: tokio allocates mailbox
-    /// slots 32 at a time, and an idle owner should not pay for 32 full
-    /// requests.
-    Call {
-        req: Box<Request>,
-        tx: oneshot::Sender<Result<Answer, CallError>>,
+type Respond<T> = oneshot::Sender<Result<T, CallError>>;
+
+/// A caller's request, with where its answer goes.
+pub(crate) enum Call {
+    Get {
+        id: Uuid,
+        tx: Respond<Read<Option<Item>>>,
     },
+    List {
+        after: Option<Uuid>,
+        limit: usize,
+        tx: Respond<Read<Page>>,
+    },
+    Write {
+        cmd: Command,
+        key: Option<(IdemKey, Fingerprint)>,
+        tx: Respond<Written>,
+    },
+}
+
+pub(crate) enum Msg {
+    /// Boxed so a mailbox slot is two words: tokio allocates mailbox slots
+    /// 32 at a time, and an idle owner should not pay for 32 full requests.
+    Call(Box<Call>),
     Copy {
         tx: oneshot::Sender<OwnerCopy>,
     },
 }
 
-/// A reply waiting in the commit pipeline for its LSN to become durable.
-pub struct Reply {
-    tx: oneshot::Sender<Result<Answer, CallError>>,
-    answer: Answer,
-}
-
-impl Reply {
-    /// A reply that carries nothing: used to wait for durability alone.
-    pub fn barrier(tx: oneshot::Sender<Result<Answer, CallError>>) -> Self {
-        Reply {
-            tx,
-            answer: Answer::Found(None),
-        }
-    }
+/// An answer waiting in the commit pipeline for its LSN to become durable.
+pub enum Reply {
+    Item(Respond<Read<Option<Item>>>, Read<Option<Item>>),
+    Page(Respond<Read<Page>>, Read<Page>),
+    Write(Respond<Written>, Written),
+    /// Nothing to answer but "durable" (a snapshot waiting for the log).
+    Barrier(Respond<()>),
 }
 
 impl Waiter for Reply {
     fn complete(self, result: Result<(), Failed>) {
-        // A caller that gave up (client went away) is not an error.
-        let _ = self.tx.send(
-            result
-                .map(|()| self.answer)
-                .map_err(|Failed| CallError::Unavailable),
-        );
+        match self {
+            Reply::Item(tx, answer) => deliver(tx, answer, result),
+            Reply::Page(tx, answer) => deliver(tx, answer, result),
+            Reply::Write(tx, answer) => deliver(tx, answer, result),
+            Reply::Barrier(tx) => deliver(tx, (), result),
+        }
     }
+
+    fn assigned(&mut self, lsn: u64) {
+        if let Reply::Write(_, Written::Done { lsn: at, .. }) = self {
+            *at = Some(lsn);
+        }
+    }
+}
+
+fn deliver<T>(tx: Respond<T>, answer: T, result: Result<(), Failed>) {
+    // A caller that gave up (client went away) is not an error.
+    let _ = tx.send(
+        result
+            .map(|()| answer)
+            .map_err(|Failed| CallError::Unavailable),
+    );
 }
 
 /// The item and outcome of a transition, for its DEBUG event.
@@ -198,17 +221,11 @@ impl Default for ActorConfig {
     }
 }
 
-/// What all actors share: the log and the settings.
+/// What all actors share: the log's appending side and the settings.
 pub struct Shared {
-    pub wal: Wal<Reply>,
+    pub log: Appender<Reply>,
     pub config: ActorConfig,
     pub clock: Box<dyn Clock>,
-}
-
-impl Shared {
-    fn pipeline(&self) -> &Pipeline<Reply> {
-        &self.wal.pipeline
-    }
 }
 
 /// A cloneable handle to a running actor: a mailbox sender.
@@ -290,7 +307,7 @@ impl OwnerActor {
                     }
                 }
             }
-            self.shared.wal.wait_for_room().await;
+            self.shared.log.wait_for_room().await;
             for msg in batch.drain(..) {
                 self.handle(msg);
             }
@@ -300,13 +317,16 @@ impl OwnerActor {
     /// Handle one message. Synchronous on purpose (see the module docs).
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Call { req, tx } => match *req {
-                Request::Get(id) => self.respond(tx, Answer::Found(self.state.get(&id).cloned())),
-                Request::List { after, limit } => {
-                    let (items, more) = self.state.list(after, limit);
-                    self.respond(tx, Answer::Page { items, more });
+            Msg::Call(call) => match *call {
+                Call::Get { id, tx } => {
+                    let value = self.state.get(&id).cloned();
+                    self.respond(Reply::Item(tx, self.read(value)));
                 }
-                Request::Write { cmd, key } => self.write(cmd, key, tx),
+                Call::List { after, limit, tx } => {
+                    let (items, more) = self.state.list(after, limit);
+                    self.respond(Reply::Page(tx, self.read(Page { items, more })));
+                }
+                Call::Write { cmd, key, tx } => self.write(cmd, key, tx),
             },
             Msg::Copy { tx } => {
                 let started = std::time::Instant::now();
@@ -323,19 +343,19 @@ impl OwnerActor {
         }
     }
 
-    /// Send `answer` once everything this owner has applied is durable.
-    fn respond(&self, tx: oneshot::Sender<Result<Answer, CallError>>, answer: Answer) {
-        self.shared
-            .pipeline()
-            .when_durable(self.last_lsn, Reply { tx, answer });
+    fn read<T>(&self, value: T) -> Read<T> {
+        Read {
+            value,
+            lsn: self.last_lsn,
+        }
     }
 
-    fn write(
-        &mut self,
-        cmd: Command,
-        key: Option<(IdemKey, Fingerprint)>,
-        tx: oneshot::Sender<Result<Answer, CallError>>,
-    ) {
+    /// Send `reply` once everything this owner has applied is durable.
+    fn respond(&self, reply: Reply) {
+        self.shared.log.pipeline.when_durable(self.last_lsn, reply);
+    }
+
+    fn write(&mut self, cmd: Command, key: Option<(IdemKey, Fingerprint)>, tx: Respond<Written>) {
         // One DEBUG event per transition; nothing is measured when disabled.
         let started = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         let now = self.shared.clock.now_micros();
@@ -345,54 +365,38 @@ impl OwnerActor {
         }
         if let Some((k, fp)) = &key {
             if let Some(answer) = self.check_key(k, fp, now) {
-                return self.respond(tx, answer);
+                return self.respond(Reply::Write(tx, answer));
             }
         }
         let new_id = match cmd {
             Command::Create { .. } => Uuid::now_v7(),
             _ => Uuid::nil(),
         };
-        let ctx = Ctx { now, new_id };
-        let (event, result) = match self.state.decide(&cmd, ctx) {
-            Ok(event) => {
-                if let Some(e) = &event {
-                    self.state.evolve(e);
-                }
-                let outcome = self.state.outcome(&cmd, event.as_ref());
-                (event, Ok(outcome))
-            }
-            Err(rejection) => (None, Err(rejection)),
-        };
         let ttl_micros = self.shared.config.key_ttl.as_micros() as Micros;
-        let key_record = key.map(|(key, fingerprint)| KeyRecord {
+        let stamp = key.map(|(key, fingerprint)| KeyStamp {
             key,
             fingerprint,
-            response: result.clone(),
             expires_at: now.saturating_add(ttl_micros),
         });
-        let trace = started.map(|at| (at, describe_transition(&cmd, &result)));
-        let answer = Answer::Done {
-            result,
+        let applied = self.state.apply(&cmd, Ctx { now, new_id }, stamp);
+        let trace = started.map(|at| (at, describe_transition(&cmd, &applied.result)));
+        let answer = Written::Done {
+            result: applied.result,
             replayed: false,
+            lsn: Some(self.last_lsn),
         };
-        if event.is_none() && key_record.is_none() {
+        if applied.event.is_none() && applied.key.is_none() {
             // Nothing to record (a rejection, or deleting a missing item).
             if let Some((at, (item, outcome))) = trace {
                 trace_transition(&self.owner, &item, &outcome, None, at);
             }
-            return self.respond(tx, answer);
-        }
-        if let Some(record) = &key_record {
-            self.state.keys.insert(record.clone());
+            return self.respond(Reply::Write(tx, answer));
         }
         let owner = &self.owner;
-        let encode = |lsn, buf: &mut Vec<u8>| {
-            encode_record(lsn, owner, event.as_ref(), key_record.as_ref(), buf)
-        };
-        let appended = self
-            .shared
-            .pipeline()
-            .append(encode, Some(Reply { tx, answer }));
+        let (event, key_record) = (applied.event.as_ref(), applied.key.as_ref());
+        let encode = |lsn, buf: &mut Vec<u8>| encode_record(lsn, owner, event, key_record, buf);
+        // The record's LSN reaches the answer through `Waiter::assigned`.
+        let appended = (self.shared.log.pipeline).append(encode, Some(Reply::Write(tx, answer)));
         if let Ok(lsn) = appended {
             self.last_lsn = lsn;
         }
@@ -405,18 +409,19 @@ impl OwnerActor {
     }
 
     /// The answer for a keyed request that must not run again, if any.
-    fn check_key(&mut self, key: &IdemKey, fp: &Fingerprint, now: Micros) -> Option<Answer> {
+    fn check_key(&mut self, key: &IdemKey, fp: &Fingerprint, now: Micros) -> Option<Written> {
         match self.state.keys.lookup(key, fp, now) {
             Lookup::Replay(stored) => {
                 metrics::counter!("countiq_idempotency_hits_total").increment(1);
-                Some(Answer::Done {
+                Some(Written::Done {
                     result: stored.clone(),
                     replayed: true,
+                    lsn: None,
                 })
             }
             Lookup::Reused => {
                 metrics::counter!("countiq_idempotency_reuse_conflicts_total").increment(1);
-                Some(Answer::KeyReused)
+                Some(Written::KeyReused)
             }
             Lookup::Miss => {
                 metrics::counter!("countiq_idempotency_misses_total").increment(1);
@@ -429,7 +434,7 @@ impl OwnerActor {
                 }
                 let next = self.state.keys.next_expiry().unwrap_or(now);
                 let wait = Duration::from_micros(next.saturating_sub(now).max(1_000_000) as u64);
-                Some(Answer::KeysExhausted { retry_after: wait })
+                Some(Written::KeysExhausted { retry_after: wait })
             }
         }
     }

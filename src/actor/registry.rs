@@ -23,10 +23,14 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
 use super::slot::{Mailbox, SendError, Slot, View};
-use super::{spawn, Answer, CallError, Msg, OwnerCopy, OwnerHandle, Request, Shared};
-use crate::domain::{OwnerId, OwnerState};
+use super::{
+    spawn, Call, CallError, Msg, OwnerCopy, OwnerHandle, Page, Read, Reply, Shared, Written,
+};
+use crate::domain::idempotency::{Fingerprint, IdemKey};
+use crate::domain::{Command, Item, OwnerId, OwnerState};
 
 /// What an idle actor leaves behind.
 #[derive(Default)]
@@ -76,8 +80,22 @@ impl Registry {
         }
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.inner.shared
+    /// Whether the log has failed: nothing more will be acknowledged.
+    pub fn log_failed(&self) -> bool {
+        self.inner.shared.log.pipeline.has_failed()
+    }
+
+    /// The next LSN the log will assign (the checkpointer's "covers").
+    pub fn next_lsn(&self) -> u64 {
+        self.inner.shared.log.pipeline.next_lsn()
+    }
+
+    /// Resolves once every record up to `lsn` is durable; `Unavailable` if
+    /// the log fails first.
+    pub async fn barrier(&self, lsn: u64) -> Result<(), CallError> {
+        let (tx, rx) = oneshot::channel();
+        (self.inner.shared.log.pipeline).when_durable(lsn, Reply::Barrier(tx));
+        rx.await.unwrap_or(Err(CallError::Unavailable))
     }
 
     /// How many actors this registry has started (activations, including
@@ -119,15 +137,42 @@ impl Registry {
         )
     }
 
-    /// Ask `owner`'s actor and wait for the answer (which the pipeline
-    /// releases only once the state it reports is durable).
-    pub async fn call(&self, owner: &OwnerId, req: Request) -> Result<Answer, CallError> {
+    /// One item of `owner`, once the state it reflects is durable.
+    pub async fn get(&self, owner: &OwnerId, id: Uuid) -> Result<Read<Option<Item>>, CallError> {
+        self.call(owner, |tx| Call::Get { id, tx }).await
+    }
+
+    /// Up to `limit` items after `after` (exclusive), in listing order.
+    pub async fn list(
+        &self,
+        owner: &OwnerId,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Read<Page>, CallError> {
+        self.call(owner, |tx| Call::List { after, limit, tx }).await
+    }
+
+    /// Run `cmd` as one transition of `owner`, keyed if `key` is given;
+    /// answered once the transition (or the state a rejection saw) is
+    /// durable.
+    pub async fn write(
+        &self,
+        owner: &OwnerId,
+        cmd: Command,
+        key: Option<(IdemKey, Fingerprint)>,
+    ) -> Result<Written, CallError> {
+        self.call(owner, |tx| Call::Write { cmd, key, tx }).await
+    }
+
+    /// Send one call to `owner`'s actor (starting it if parked) and wait.
+    async fn call<T>(
+        &self,
+        owner: &OwnerId,
+        call: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Call,
+    ) -> Result<T, CallError> {
         let slot = self.slot(owner);
         let (tx, rx) = oneshot::channel();
-        let msg = Msg::Call {
-            req: Box::new(req),
-            tx,
-        };
+        let msg = Msg::Call(Box::new(call(tx)));
         match slot.send(msg, |parked| self.start(owner, parked, &slot)) {
             Ok(()) => rx.await.unwrap_or(Err(CallError::Unavailable)),
             Err(SendError::Full(_)) => Err(CallError::Overloaded),
@@ -244,7 +289,7 @@ fn copy_parked(owner: &OwnerId, p: &Parked) -> OwnerCopy {
 
 #[cfg(test)]
 mod tests {
-    use crate::actor::{Answer, Request, SystemClock};
+    use crate::actor::{SystemClock, Written};
     use crate::domain::{Command, ItemName, OwnerId, Qty};
     use crate::node::{quiet_config, Node};
 
@@ -271,9 +316,7 @@ mod tests {
                         name: ItemName::new(&format!("item-{i}")).unwrap(),
                         qty: Qty::new(i).unwrap(),
                     };
-                    registry
-                        .call(&owner, Request::Write { cmd, key: None })
-                        .await
+                    registry.write(&owner, cmd, None).await
                 })
             })
             .collect();
@@ -282,37 +325,25 @@ mod tests {
             assert!(
                 matches!(
                     answer,
-                    Answer::Done {
+                    Written::Done {
                         result: Ok(_),
-                        replayed: false
+                        replayed: false,
+                        ..
                     }
                 ),
                 "{answer:?}"
             );
         }
         assert_eq!(node.registry().activations(), 1, "exactly one actor");
-        let page = node
-            .registry()
-            .call(
-                &owner,
-                Request::List {
-                    after: None,
-                    limit: 1000,
-                },
-            )
-            .await
-            .unwrap();
-        let Answer::Page { items, more } = page else {
-            panic!("{page:?}")
-        };
-        assert_eq!(items.len(), 100);
-        assert!(!more);
+        let page = node.registry().list(&owner, None, 1000).await.unwrap();
+        assert_eq!(page.value.items.len(), 100);
+        assert!(!page.value.more);
         assert_eq!(node.registry().counts(), (1, 1));
         // A second owner is a second activation, and only one.
         let other = OwnerId::new("other").unwrap();
         for _ in 0..3 {
             node.registry()
-                .call(&other, Request::Get(uuid::Uuid::nil()))
+                .get(&other, uuid::Uuid::nil())
                 .await
                 .unwrap();
         }
@@ -333,7 +364,7 @@ mod tests {
         let node = first.block_on(async {
             let node = Node::open(config, Box::new(SystemClock)).await.unwrap();
             node.registry()
-                .call(&owner, Request::Get(uuid::Uuid::nil()))
+                .get(&owner, uuid::Uuid::nil())
                 .await
                 .unwrap();
             node

@@ -139,6 +139,31 @@ pub enum Outcome {
     Transacted(Vec<Item>),
 }
 
+/// The idempotency key a request came with, and when its record expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStamp {
+    pub key: idempotency::IdemKey,
+    pub fingerprint: idempotency::Fingerprint,
+    pub expires_at: Micros,
+}
+
+/// What [`OwnerState::apply`] did: the event to log (none for a rejection
+/// or deleting a missing item), the answer, and the key record to log with
+/// the event (already stored in the key table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub event: Option<Event>,
+    pub result: idempotency::StoredResponse,
+    pub key: Option<idempotency::KeyRecord>,
+}
+
+impl Applied {
+    /// Whether there is anything to write to the log.
+    pub fn is_logged(&self) -> bool {
+        self.event.is_some() || self.key.is_some()
+    }
+}
+
 /// Why a command was refused. `op_index` is set for transaction ops.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -445,8 +470,37 @@ impl OwnerState {
         item.updated_at = at;
     }
 
+    /// One whole transition, the one way every caller runs a command (the
+    /// actor, the storage harness, the model tests): `decide`; if accepted,
+    /// `evolve` and read the outcome; then, for a keyed request, store the
+    /// answer under its key. A rejection changes nothing but the key table
+    /// (a keyed rejection is stored so that its retry is answered the same).
+    /// The caller logs `event` and `key` as one record when either is set.
+    pub fn apply(&mut self, cmd: &Command, ctx: Ctx, key: Option<KeyStamp>) -> Applied {
+        let (event, result) = match self.decide(cmd, ctx) {
+            Ok(event) => {
+                if let Some(e) = &event {
+                    self.evolve(e);
+                }
+                let outcome = self.outcome(cmd, event.as_ref());
+                (event, Ok(outcome))
+            }
+            Err(rejection) => (None, Err(rejection)),
+        };
+        let key = key.map(|stamp| idempotency::KeyRecord {
+            key: stamp.key,
+            fingerprint: stamp.fingerprint,
+            response: result.clone(),
+            expires_at: stamp.expires_at,
+        });
+        if let Some(record) = &key {
+            self.keys.insert(record.clone());
+        }
+        Applied { event, result, key }
+    }
+
     /// The answer to an accepted command, read after `evolve`.
-    pub fn outcome(&self, cmd: &Command, event: Option<&Event>) -> Outcome {
+    fn outcome(&self, cmd: &Command, event: Option<&Event>) -> Outcome {
         let item = |id: &Uuid| {
             self.items
                 .get(id)

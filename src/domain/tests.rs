@@ -23,13 +23,9 @@ fn delta(n: i64) -> Delta {
     Delta::new(n).unwrap()
 }
 
-/// Apply a command the way the actor does: decide, then evolve.
+/// Apply a command the way the actor does (`OwnerState::apply`, unkeyed).
 fn run(s: &mut OwnerState, cmd: Command, c: Ctx) -> Result<Outcome, Rejection> {
-    let ev = s.decide(&cmd, c)?;
-    if let Some(ev) = &ev {
-        s.evolve(ev);
-    }
-    Ok(s.outcome(&cmd, ev.as_ref()))
+    s.apply(&cmd, c, None).result
 }
 
 fn create(s: &mut OwnerState, n: &str, q: i64, id: u128) -> Item {

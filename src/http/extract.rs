@@ -11,6 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::bodies::Obj;
 use super::error::ApiError;
 use super::{AppState, BODY_BYTES_MAX, BODY_READ_TIMEOUT};
 use crate::domain::idempotency::{Fingerprint, IdemKey};
@@ -18,10 +19,8 @@ use crate::domain::{OwnerId, Precondition};
 
 /// A JSON body parsed strictly: `Content-Type` must be JSON (415), the body
 /// at most `BODY_BYTES_MAX` (413) and complete within `BODY_READ_TIMEOUT`
-/// (408), and the shape exact (400 `invalid_body`):
-/// the body types deny unknown fields, serde refuses duplicate fields, and
-/// integer fields refuse `true`, `1.0`, `1e3`, `"1"`, `null` and anything
-/// outside `i64`.
+/// (408), and the shape exact (400 `invalid_body`): a JSON object (see
+/// `bodies` for what else is refused).
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -45,8 +44,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(body))
             .await
             .map_err(|_elapsed| ApiError::RequestTimeout)??;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
+        serde_json::from_slice::<Obj<T>>(&bytes)
+            .map(|Obj(body)| JsonBody(body))
             .map_err(|e| ApiError::InvalidBody(e.to_string()))
     }
 }

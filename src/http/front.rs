@@ -26,7 +26,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::error::{ApiError, PROBLEM_JSON};
-use crate::telemetry;
+use super::request_metrics::RequestLabels;
 
 /// The request-id header: taken from the request, or generated; always
 /// echoed on the response.
@@ -114,8 +114,7 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let started = Instant::now();
-        let labels =
-            telemetry::RequestLabels::of(req.extensions().get::<MatchedPath>(), req.method());
+        let labels = RequestLabels::of(req.extensions().get::<MatchedPath>(), req.method());
         // Handlers do not read the id, so a generated one is not written
         // into the request: it goes to the span and the response only.
         let request_id = match req.headers().get(&REQUEST_ID) {

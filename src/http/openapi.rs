@@ -1,14 +1,19 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the code by
 //! utoipa. Operations come from the `#[utoipa::path]` attributes on the
-//! handlers in `http/mod.rs`, schemas from `ToSchema` on the very body and
+//! handlers in `http/items.rs` and `http/ops.rs`, schemas from `ToSchema` on the very body and
 //! response types the handlers use. A test (`tests/openapi.rs`) checks that
 //! every route of the router is documented and nothing else is.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use utoipa::openapi::schema::{Object, Schema};
+use utoipa::openapi::RefOr;
+
+use super::bodies::{AdjustBody, CreateBody, ReplaceBody, TxBody, TxOpBody};
 use super::error::Problem;
-use super::{AdjustBody, CreateBody, ItemJson, ReplaceBody, TxBody, TxOpBody};
+use super::json::ItemJson;
+use crate::domain::{DELTA_ABS_MAX, NAME_CHARS_MAX, QTY_MAX, TX_OPS_MAX};
 
 /// `GET /items` answer.
 #[derive(ToSchema)]
@@ -82,16 +87,16 @@ problem_responses! {
         license(name = "MIT OR Apache-2.0")
     ),
     paths(
-        super::create_item,
-        super::list_items,
-        super::get_item,
-        super::replace_item,
-        super::adjust_qty,
-        super::delete_item,
-        super::transact,
-        super::healthz,
-        super::readyz,
-        super::metrics,
+        super::items::create_item,
+        super::items::list_items,
+        super::items::get_item,
+        super::items::replace_item,
+        super::items::adjust_qty,
+        super::items::delete_item,
+        super::items::transact,
+        super::ops::healthz,
+        super::ops::readyz,
+        super::ops::metrics,
         openapi_json,
     ),
     components(
@@ -99,7 +104,7 @@ problem_responses! {
         responses(BadRequest, Unauthorized, NotFound, Conflict, PreconditionFailed, PayloadTooLarge,
             UnsupportedMediaType, KeyReused, KeysExhausted, Unavailable)
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Bounds),
     tags((name = "items", description = "One owner's items"), (name = "ops", description = "Health, readiness, metrics"))
 )]
 pub struct ApiDoc;
@@ -115,6 +120,60 @@ impl Modify for BearerAuth {
         if let Some(components) = openapi.components.as_mut() {
             components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
         }
+    }
+}
+
+/// The numeric bounds of the bodies, from the domain's constants (utoipa's
+/// attributes take literals only, and the numbers were written out seven
+/// times). `tests/openapi.rs` checks them against the constants.
+struct Bounds;
+
+impl Modify for Bounds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let qty = (0, QTY_MAX as i64);
+        let delta = (-DELTA_ABS_MAX, DELTA_ABS_MAX);
+        for (schema, field, (min, max)) in [
+            ("CreateBody", "qty", qty),
+            ("ReplaceBody", "qty", qty),
+            ("AdjustBody", "delta", delta),
+            ("TxOpBody", "delta", delta),
+            ("Item", "qty", qty),
+        ] {
+            if let Some(object) = property(&mut components.schemas, schema, field) {
+                object.minimum = Some(utoipa::Number::Int(min as isize));
+                object.maximum = Some(utoipa::Number::Int(max as isize));
+            }
+        }
+        for schema in ["CreateBody", "ReplaceBody"] {
+            if let Some(object) = property(&mut components.schemas, schema, "name") {
+                object.min_length = Some(1);
+                object.max_length = Some(NAME_CHARS_MAX);
+            }
+        }
+        if let Some(RefOr::T(Schema::Object(tx))) = components.schemas.get_mut("TxBody") {
+            if let Some(RefOr::T(Schema::Array(ops))) = tx.properties.get_mut("ops") {
+                ops.min_items = Some(1);
+                ops.max_items = Some(TX_OPS_MAX);
+            }
+        }
+    }
+}
+
+/// `schema.field` of a component schema, if both are inline objects.
+fn property<'a>(
+    schemas: &'a mut std::collections::BTreeMap<String, RefOr<Schema>>,
+    schema: &str,
+    field: &str,
+) -> Option<&'a mut Object> {
+    let RefOr::T(Schema::Object(parent)) = schemas.get_mut(schema)? else {
+        return None;
+    };
+    match parent.properties.get_mut(field)? {
+        RefOr::T(Schema::Object(object)) => Some(object),
+        _ => None,
     }
 }
 

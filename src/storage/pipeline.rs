@@ -41,6 +41,10 @@ pub struct Failed;
 /// actor's pending reply.
 pub trait Waiter {
     fn complete(self, result: Result<(), Failed>);
+
+    /// The LSN `append` gave the record this waiter waits for, told before
+    /// the waiter is queued (a reply that reports its record's LSN).
+    fn assigned(&mut self, _lsn: u64) {}
 }
 
 /// What the writer takes in one go.
@@ -162,7 +166,8 @@ impl<W: Waiter, const FAULT: u8> Pipeline<W, FAULT> {
         p.next_lsn += 1;
         p.records += 1;
         encode(lsn, &mut p.bytes);
-        if let Some(w) = waiter {
+        if let Some(mut w) = waiter {
+            w.assigned(lsn);
             p.waiters.push(w);
         }
         self.wake_writer(p);

@@ -115,6 +115,47 @@ impl<W: Waiter + Send + 'static> Wal<W> {
         })
     }
 
+    /// What appenders (the owner actors) hold: the pipeline and the
+    /// writer's room signal, without the writer thread itself.
+    pub fn appender(&self) -> Appender<W> {
+        Appender {
+            pipeline: self.pipeline.clone(),
+            room: self.room.clone(),
+        }
+    }
+
+    /// Stop accepting records, write and sync what is pending, join the
+    /// writer. Returns the writer's result.
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.pipeline.close();
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        match thread {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("WAL writer panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The appending side of a running log: the commit pipeline and the signal
+/// the writer gives each time it takes a batch. Cheap to clone; the writer
+/// thread stays with the [`Wal`] (the node owns it).
+pub struct Appender<W> {
+    pub pipeline: Arc<Pipeline<W>>,
+    room: Arc<Notify>,
+}
+
+impl<W> Clone for Appender<W> {
+    fn clone(&self) -> Self {
+        Appender {
+            pipeline: self.pipeline.clone(),
+            room: self.room.clone(),
+        }
+    }
+}
+
+impl<W: Waiter> Appender<W> {
     /// Wait until the pending buffer has room (backpressure for actors).
     pub async fn wait_for_room(&self) {
         // Fast path (nearly always): room now. No `Notify` registration,
@@ -130,19 +171,6 @@ impl<W: Waiter + Send + 'static> Wal<W> {
                 return;
             }
             notified.await;
-        }
-    }
-
-    /// Stop accepting records, write and sync what is pending, join the
-    /// writer. Returns the writer's result.
-    pub fn shutdown(&self) -> io::Result<()> {
-        self.pipeline.close();
-        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
-        match thread {
-            Some(t) => t
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("WAL writer panicked"))),
-            None => Ok(()),
         }
     }
 }

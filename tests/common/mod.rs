@@ -254,18 +254,14 @@ pub fn node_config(dir: &Path) -> NodeConfig {
 
 /// Create an item with qty 0 through the actor; returns its id.
 pub async fn create_item(node: &countiq::node::Node, owner: &OwnerId, name: &str) -> uuid::Uuid {
-    use countiq::actor::{Answer, Request};
+    use countiq::actor::Written;
     use countiq::domain::{Command, ItemName, Outcome, Qty};
     let cmd = Command::Create {
         name: ItemName::new(name).unwrap(),
         qty: Qty::ZERO,
     };
-    match node
-        .registry()
-        .call(owner, Request::Write { cmd, key: None })
-        .await
-    {
-        Ok(Answer::Done {
+    match node.registry().write(owner, cmd, None).await {
+        Ok(Written::Done {
             result: Ok(Outcome::Created(item)),
             ..
         }) => item.id,

@@ -332,7 +332,7 @@ pub use harness::*;
 mod harness {
     use super::*;
     use countiq::domain::idempotency::{Fingerprint, Lookup};
-    use countiq::domain::{Command, Ctx, Micros};
+    use countiq::domain::{Applied, Command, Ctx, KeyStamp, Micros};
     use countiq::storage::recovery::{recover, DirLock, Recovered};
     use countiq::storage::segment::DirDisk;
     use countiq::storage::snapshot::{prune, write_snapshot, OwnerSnapshot, PruneInfo};
@@ -413,25 +413,16 @@ mod harness {
                     Lookup::Miss => {}
                 }
             }
-            let (event, response) = match state.decide(cmd, ctx) {
-                Ok(event) => {
-                    if let Some(e) = &event {
-                        state.evolve(e);
-                    }
-                    let outcome = state.outcome(cmd, event.as_ref());
-                    (event, Ok(outcome))
-                }
-                Err(rejection) => (None, Err(rejection)),
-            };
-            let key = key.map(|(k, fp)| KeyRecord {
-                key: k,
-                fingerprint: fp,
-                response: response.clone(),
+            let stamp = key.map(|(key, fingerprint)| KeyStamp {
+                key,
+                fingerprint,
                 expires_at: ctx.now + KEY_TTL,
             });
-            if let Some(k) = &key {
-                state.keys.insert(k.clone());
-            }
+            let Applied {
+                event,
+                result: response,
+                key,
+            } = state.apply(cmd, ctx, stamp);
             if event.is_some() || key.is_some() {
                 let wal = self.wal.as_ref().expect("writer running");
                 let lsn = append_durable(wal, o, event.as_ref(), key.as_ref()).expect("durable");

@@ -1,0 +1,327 @@
+//! The `/items` and `/transactions` handlers: authenticate, parse
+//! strictly, build a domain `Command`, ask the owner through the registry,
+//! render the answer. No business rules here.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::bodies::{AdjustBody, CreateBody, ListQuery, Obj, ReplaceBody, TxBody};
+use super::extract::{idempotency, if_match, item_id, JsonBody, Owner, RawId, WriteHeaders};
+use super::json::{item_response, outcome_response, set_lsn, ItemJson};
+use super::{cursor, openapi, routes, ApiError, AppState, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
+use crate::actor::{Page, Written};
+use crate::domain::idempotency::{Fingerprint, IdemKey};
+use crate::domain::{Command, Delta, ItemName, OwnerId, Qty, TxOp, TX_OPS_MAX};
+
+#[utoipa::path(
+    get,
+    path = "/items/{id}",
+    tag = "items",
+    summary = "Read one item",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Item id (UUID)")),
+    responses(
+        (status = 200, description = "The item", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 404, response = openapi::NotFound),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
+pub(super) async fn get_item(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    RawId(id): RawId,
+) -> Result<Response, ApiError> {
+    let id = item_id(&id)?;
+    let read = s.registry()?.get(&owner, id).await?;
+    let item = read.value.ok_or(ApiError::NotFound)?;
+    let mut response = item_response(StatusCode::OK, &item, false);
+    set_lsn(&mut response, read.lsn);
+    Ok(response)
+}
+
+#[utoipa::path(
+    get,
+    path = "/items",
+    tag = "items",
+    summary = "List items in a stable order",
+    security(("bearer" = [])),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses(
+        (status = 200, description = "One page", body = openapi::ItemPage),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
+pub(super) async fn list_items(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| bad_param("invalid_query", e.body_text()))?;
+    let limit = match q.limit.as_deref() {
+        None => LIST_LIMIT_DEFAULT,
+        Some(raw) => parse_limit(raw)?,
+    };
+    let after = q.cursor.as_deref().map(cursor::decode).transpose()?;
+    let read = s.registry()?.list(&owner, after, limit).await?;
+    let Page { items, more } = read.value;
+    let next_cursor = more
+        .then(|| items.last().map(|i| cursor::encode(i.id)))
+        .flatten();
+    let body = serde_json::json!({
+        "items": items.iter().map(ItemJson::from).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+    });
+    let mut response = axum::Json(body).into_response();
+    set_lsn(&mut response, read.lsn);
+    Ok(response)
+}
+
+/// `limit`: an integer from 1 to `LIST_LIMIT_MAX`.
+fn parse_limit(raw: &str) -> Result<usize, ApiError> {
+    raw.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
+        .ok_or_else(|| {
+            bad_param(
+                "invalid_limit",
+                format!("limit must be an integer from 1 to {LIST_LIMIT_MAX}"),
+            )
+        })
+}
+
+#[utoipa::path(
+    post,
+    path = "/items",
+    tag = "items",
+    summary = "Create an item",
+    security(("bearer" = [])),
+    params(openapi::KeyHeader),
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("Location" = String, description = "/items/<id>"))),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::KeyReused),
+        (status = 429, response = openapi::KeysExhausted),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
+pub(super) async fn create_item(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    WriteHeaders(headers): WriteHeaders,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    let key = idempotency(&headers, "POST", routes::ITEMS, None, Some(&body))?;
+    let cmd = Command::Create {
+        name: ItemName::new(&body.name).map_err(invalid("name"))?,
+        qty: Qty::new(body.qty).map_err(invalid("qty"))?,
+    };
+    write(&s, &owner, cmd, key).await
+}
+
+#[utoipa::path(
+    put,
+    path = "/items/{id}",
+    tag = "items",
+    summary = "Replace an item (name and qty)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Item id (UUID)"), openapi::IfMatchHeader, openapi::KeyHeader),
+    request_body(content = ReplaceBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 412, response = openapi::PreconditionFailed),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::KeyReused),
+        (status = 429, response = openapi::KeysExhausted),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
+pub(super) async fn replace_item(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    RawId(id): RawId,
+    WriteHeaders(headers): WriteHeaders,
+    JsonBody(body): JsonBody<ReplaceBody>,
+) -> Result<Response, ApiError> {
+    let id = item_id(&id)?;
+    let key = idempotency(&headers, "PUT", routes::ITEM, Some(id), Some(&body))?;
+    let cmd = Command::Replace {
+        id,
+        name: ItemName::new(&body.name).map_err(invalid("name"))?,
+        qty: Qty::new(body.qty).map_err(invalid("qty"))?,
+        if_match: if_match(&headers),
+    };
+    write(&s, &owner, cmd, key).await
+}
+
+#[utoipa::path(
+    patch,
+    path = "/items/{id}/qty",
+    tag = "items",
+    summary = "Change qty by a delta, atomically",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Item id (UUID)"), openapi::IfMatchHeader, openapi::KeyHeader),
+    request_body(content = AdjustBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 404, response = openapi::NotFound),
+        (status = 412, response = openapi::PreconditionFailed),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::KeyReused),
+        (status = 429, response = openapi::KeysExhausted),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
+pub(super) async fn adjust_qty(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    RawId(id): RawId,
+    WriteHeaders(headers): WriteHeaders,
+    JsonBody(body): JsonBody<AdjustBody>,
+) -> Result<Response, ApiError> {
+    let id = item_id(&id)?;
+    let key = idempotency(&headers, "PATCH", routes::ITEM_QTY, Some(id), Some(&body))?;
+    let cmd = Command::Adjust {
+        id,
+        delta: Delta::new(body.delta).map_err(invalid("delta"))?,
+        if_match: if_match(&headers),
+    };
+    write(&s, &owner, cmd, key).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/items/{id}",
+    tag = "items",
+    summary = "Delete an item (idempotent)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Item id (UUID)"), openapi::KeyHeader),
+    responses(
+        (status = 204, description = "Deleted, or already gone", headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 422, response = openapi::KeyReused),
+        (status = 429, response = openapi::KeysExhausted),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
+pub(super) async fn delete_item(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    RawId(id): RawId,
+    WriteHeaders(headers): WriteHeaders,
+) -> Result<Response, ApiError> {
+    // A malformed id names no item: deleting it is the same no-op as
+    // deleting a missing one (204), but there is nothing to record.
+    let Ok(id) = item_id(&id) else {
+        idempotency::<()>(&headers, "DELETE", routes::ITEM, None, None)?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let key = idempotency::<()>(&headers, "DELETE", routes::ITEM, Some(id), None)?;
+    write(&s, &owner, Command::Delete { id }, key).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/transactions",
+    tag = "items",
+    summary = "Apply 1-1000 deltas atomically",
+    security(("bearer" = [])),
+    params(openapi::KeyHeader),
+    request_body(content = TxBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "All ops applied", body = openapi::TxResult, headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 404, response = openapi::NotFound),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::KeyReused),
+        (status = 429, response = openapi::KeysExhausted),
+        (status = 503, response = openapi::Unavailable)
+    )
+)]
+pub(super) async fn transact(
+    State(s): State<AppState>,
+    Owner(owner): Owner,
+    WriteHeaders(headers): WriteHeaders,
+    JsonBody(body): JsonBody<TxBody>,
+) -> Result<Response, ApiError> {
+    if !(1..=TX_OPS_MAX).contains(&body.ops.len()) {
+        return Err(ApiError::InvalidBody(format!(
+            "ops must hold 1 to {TX_OPS_MAX} operations, got {}",
+            body.ops.len()
+        )));
+    }
+    let key = idempotency(&headers, "POST", routes::TRANSACTIONS, None, Some(&body))?;
+    let ops = body
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(i, Obj(op))| {
+            let delta = Delta::new(op.delta)
+                .map_err(|e| ApiError::InvalidBody(format!("ops[{i}].delta: {e}")))?;
+            Ok(TxOp {
+                item: op.item,
+                delta,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    write(&s, &owner, Command::Transact { ops }, key).await
+}
+
+/// Send a write to the owner and render its answer.
+async fn write(
+    s: &AppState,
+    owner: &OwnerId,
+    cmd: Command,
+    key: Option<(IdemKey, Fingerprint)>,
+) -> Result<Response, ApiError> {
+    match s.registry()?.write(owner, cmd, key).await? {
+        Written::Done {
+            result,
+            replayed,
+            lsn,
+        } => {
+            let mut response = match result {
+                Ok(outcome) => outcome_response(&outcome),
+                Err(rejection) => ApiError::Rejected(rejection).into_response(),
+            };
+            if replayed {
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            if let Some(lsn) = lsn {
+                set_lsn(&mut response, lsn);
+            }
+            Ok(response)
+        }
+        Written::KeyReused => Err(ApiError::KeyReused),
+        Written::KeysExhausted { retry_after } => Err(ApiError::KeysExhausted { retry_after }),
+    }
+}
+
+fn invalid<E: std::fmt::Display>(field: &str) -> impl FnOnce(E) -> ApiError + '_ {
+    move |e| ApiError::InvalidBody(format!("{field}: {e}"))
+}
+
+fn bad_param(code: &'static str, detail: String) -> ApiError {
+    ApiError::BadParameter { code, detail }
+}

@@ -1,0 +1,60 @@
+//! What handlers share: the token verifier, the registry once recovery is
+//! done, and whether the node still takes requests.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::ApiError;
+use crate::actor::registry::Registry;
+use crate::auth::Auth;
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    auth: Auth,
+    /// Set once recovery has finished; until then every `/items` route
+    /// answers 503 `not_ready`.
+    registry: OnceLock<Registry>,
+    /// Cleared when the node stops taking writes (log failure, shutdown).
+    accepting: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(auth: Auth) -> Self {
+        AppState {
+            inner: Arc::new(StateInner {
+                auth,
+                registry: OnceLock::new(),
+                accepting: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// Recovery finished: start serving `/items`.
+    pub fn set_ready(&self, registry: Registry) {
+        let _ = self.inner.registry.set(registry);
+    }
+
+    /// Stop serving `/items` (503 `not_ready`): log failure or shutdown.
+    pub fn stop_accepting(&self) {
+        self.inner.accepting.store(false, Ordering::Release);
+    }
+
+    /// Recovered, the log alive, and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        let failed = self.inner.registry.get().is_none_or(Registry::log_failed);
+        !failed && self.inner.accepting.load(Ordering::Acquire)
+    }
+
+    pub(super) fn registry(&self) -> Result<&Registry, ApiError> {
+        self.inner.registry.get().ok_or(ApiError::NotReady)
+    }
+
+    pub(crate) fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+}
