@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use countiq::actor::{ActorConfig, SystemClock, Written};
+use countiq::actor::{SystemClock, Written};
 use countiq::domain::{Command, Delta, ItemName, Outcome, OwnerId, Qty, TxOp};
 use countiq::node::{Node, NodeConfig};
 use countiq::storage::wal::FsyncPolicy;
@@ -63,13 +63,9 @@ fn main() {
 /// over `items` items.
 async fn run(fsync: FsyncPolicy, writers: usize, tx_ops: usize, items: usize, secs: u64) -> Row {
     let dir = tempfile::tempdir_in(".").expect("temp dir");
-    let mut config = NodeConfig::new(dir.path());
-    config.fsync = fsync;
-    config.snapshot_every_records = 0;
-    config.snapshot_interval = None;
-    config.actor = ActorConfig {
-        idle_after: None,
-        ..ActorConfig::default()
+    let config = NodeConfig {
+        fsync,
+        ..NodeConfig::quiet(dir.path())
     };
     let node = Node::open(config, Box::new(SystemClock))
         .await

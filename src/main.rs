@@ -63,6 +63,23 @@ enum WalCommand {
     },
 }
 
+/// `--fsync`, mapped onto the storage layer's policy (storage does not
+/// depend on the CLI).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Fsync {
+    Always,
+    Never,
+}
+
+impl From<Fsync> for FsyncPolicy {
+    fn from(f: Fsync) -> Self {
+        match f {
+            Fsync::Always => FsyncPolicy::Always,
+            Fsync::Never => FsyncPolicy::Never,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -108,7 +125,7 @@ struct ServeArgs {
     /// `always`: fdatasync before every reply (survives power loss).
     /// `never`: write only (survives a process crash, not a power cut).
     #[arg(long, env = "COUNTIQ_FSYNC", value_enum, default_value = "always")]
-    fsync: FsyncPolicy,
+    fsync: Fsync,
     /// Per-owner mailbox depth (1-1048576); a full mailbox answers 503.
     #[arg(long, env = "COUNTIQ_MAILBOX_DEPTH", default_value_t = MAILBOX_DEPTH_DEFAULT as u32,
           value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
@@ -199,7 +216,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }));
     let jwt_secret = args.secret.load()?;
     let mut node = NodeConfig::new(&args.secret.data_dir);
-    node.fsync = args.fsync;
+    node.fsync = args.fsync.into();
     node.segment_bytes = args.segment_bytes;
     node.actor = ActorConfig {
         mailbox_depth: args.mailbox_depth as usize,

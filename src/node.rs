@@ -47,18 +47,38 @@ impl NodeConfig {
             snapshot_interval: Some(SNAPSHOT_INTERVAL_DEFAULT),
         }
     }
+
+    /// For tests, benchmarks and in-process experiments: no idle parking
+    /// and no background snapshots (a test takes the ones it wants), so
+    /// nothing happens that the caller did not ask for.
+    pub fn quiet(data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            actor: ActorConfig {
+                idle_after: None,
+                ..ActorConfig::default()
+            },
+            snapshot_every_records: 0,
+            snapshot_interval: None,
+            ..NodeConfig::new(data_dir)
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("recovery failed: {0}")]
-    Recovery(#[from] crate::storage::recovery::Error),
+    Recovery(#[source] crate::storage::Error),
     #[error("starting the WAL writer: {0}")]
     Io(#[from] std::io::Error),
     #[error("the log has failed; the node takes no more writes")]
     LogFailed,
+    /// Writing or pruning a snapshot failed (the typed storage error:
+    /// `Io`, or `Corrupt { file, offset, lsn }` met while pruning).
     #[error("snapshot: {0}")]
-    Snapshot(String),
+    Snapshot(#[source] crate::storage::Error),
+    /// An owner's state could not be copied for a snapshot.
+    #[error("snapshot: {0}")]
+    ActorGone(#[from] crate::actor::registry::ActorGone),
     /// A blocking task did not finish: it panicked, or the runtime is
     /// shutting down under it.
     #[error("background task: {0}")]
@@ -71,8 +91,8 @@ pub struct Node {
     /// so that shutdown can join the writer on a blocking thread.
     wal: Arc<Wal<Reply>>,
     config: NodeConfig,
-    /// `Some(reason)` once the log has failed.
-    fatal: watch::Receiver<Option<String>>,
+    /// `Some(error)` once the log has failed: the writer's own I/O error.
+    fatal: watch::Receiver<Option<Arc<std::io::Error>>>,
     /// One checkpoint at a time.
     checkpoint_lock: Arc<tokio::sync::Mutex<u64>>,
     checkpointer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -100,11 +120,13 @@ impl Node {
         let now = clock.now_micros();
         let recovered = tokio::task::spawn_blocking(move || recover(&dir, now))
             .await
-            .map_err(|e| NodeError::Join(e.to_string()))??;
+            .map_err(|e| NodeError::Join(e.to_string()))?
+            .map_err(NodeError::Recovery)?;
         let (fatal_tx, fatal) = watch::channel(None);
         let on_fatal = move |e: &std::io::Error| {
             tracing::error!(error = %e, "WAL write, fsync or segment preparation failed; the node stops taking writes");
-            let _ = fatal_tx.send(Some(e.to_string()));
+            let copy = std::io::Error::new(e.kind(), e.to_string());
+            let _ = fatal_tx.send(Some(Arc::new(copy)));
         };
         let pipeline = Arc::new(Pipeline::new(recovered.next_lsn));
         let wal_config = WalConfig {
@@ -151,8 +173,8 @@ impl Node {
         &self.config
     }
 
-    /// Resolves with the reason once the log has failed.
-    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+    /// Holds the writer's error once the log has failed.
+    pub fn fatal(&self) -> watch::Receiver<Option<Arc<std::io::Error>>> {
         self.fatal.clone()
     }
 
@@ -181,11 +203,7 @@ impl Node {
         let last_covers = self.checkpoint_lock.clone().lock_owned().await;
         let started = Instant::now();
         let covers = self.pipeline().next_lsn();
-        let copies = self
-            .registry
-            .copy_all()
-            .await
-            .map_err(|e| NodeError::Snapshot(e.to_string()))?;
+        let copies = self.registry.copy_all().await?;
         let newest = copies
             .iter()
             .map(|c| c.last_lsn)
@@ -205,9 +223,8 @@ impl Node {
         let dir = self.config.data_dir.clone();
         let info = tokio::task::spawn_blocking(move || {
             let mut last_covers = last_covers;
-            let info = write_snapshot(&dir, covers, owners)
-                .map_err(|e| NodeError::Snapshot(e.to_string()))?;
-            prune(&dir).map_err(|e| NodeError::Snapshot(e.to_string()))?;
+            let info = write_snapshot(&dir, covers, owners).map_err(NodeError::Snapshot)?;
+            prune(&dir).map_err(NodeError::Snapshot)?;
             *last_covers = covers;
             Ok::<_, NodeError>(info)
         })
@@ -271,19 +288,6 @@ async fn checkpointer(node: std::sync::Weak<Node>) {
     }
 }
 
-/// For unit tests: no idle parking and no snapshots unless a test takes one.
-#[cfg(test)]
-pub(crate) fn quiet_config(dir: &std::path::Path) -> NodeConfig {
-    let mut config = NodeConfig::new(dir);
-    config.actor = ActorConfig {
-        idle_after: None,
-        ..ActorConfig::default()
-    };
-    config.snapshot_interval = None;
-    config.snapshot_every_records = 0;
-    config
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,7 +305,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_checkpoint_never_races_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = quiet_config(dir.path());
+        let mut config = NodeConfig::quiet(dir.path());
         config.fsync = FsyncPolicy::Never;
         let node = Node::open(config, Box::new(SystemClock)).await.unwrap();
         let owner = OwnerId::new("big").unwrap();

@@ -28,7 +28,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::actor::SystemClock;
 use crate::auth::Auth;
 use crate::http::{app, AppState};
-use crate::node::{Node, NodeConfig};
+use crate::node::{Node, NodeConfig, NodeError};
 use crate::telemetry;
 
 /// How long graceful shutdown waits for in-flight requests.
@@ -45,12 +45,20 @@ pub struct ServeConfig {
 }
 
 /// How the server stopped.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Stopped {
     /// Signal: drained, snapshotted, log closed.
     Gracefully,
-    /// The log failed: nothing more was acknowledged.
-    LogFailed(String),
+    /// The log failed (the writer's I/O error): nothing more was
+    /// acknowledged.
+    LogFailed(Arc<std::io::Error>),
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
 }
 
 /// Run until `shutdown` resolves (in the binary: SIGTERM or Ctrl-C) or the
@@ -59,7 +67,7 @@ pub async fn serve(
     config: ServeConfig,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<Stopped> {
+) -> Result<Stopped, ServeError> {
     telemetry::install();
     crate::http::request_metrics::register();
     let state = AppState::new(Auth::new(&config.jwt_secret));
@@ -74,8 +82,11 @@ pub async fn serve(
     let mut fatal = node.fatal();
     let stopped = tokio::select! {
         _ = shutdown => Stopped::Gracefully,
-        reason = fatal.wait_for(Option::is_some) => {
-            Stopped::LogFailed(reason.map(|r| r.clone().unwrap_or_default()).unwrap_or_default())
+        failed = fatal.wait_for(Option::is_some) => match failed.ok().and_then(|e| e.clone()) {
+            Some(error) => Stopped::LogFailed(error),
+            // The node (the sender) is gone without reporting: not here,
+            // the node lives until this function returns.
+            None => Stopped::LogFailed(Arc::new(std::io::Error::other("the log writer stopped"))),
         }
     };
     state.stop_accepting();
@@ -83,8 +94,8 @@ pub async fn serve(
     if let Err(e) = http.await {
         tracing::warn!(error = %e, "HTTP accept loop failed");
     }
-    if let Stopped::LogFailed(reason) = &stopped {
-        tracing::error!(%reason, "stopping after a log failure");
+    if let Stopped::LogFailed(error) = &stopped {
+        tracing::error!(%error, "stopping after a log failure");
         return Ok(stopped);
     }
     node.shutdown().await?;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use countiq::actor::{ActorConfig, Page, SystemClock, Written};
+use countiq::actor::{Page, SystemClock, Written};
 use countiq::domain::{
     Command, Delta, Item, ItemName, Outcome, OwnerId, Precondition, Qty, Rejection, TxOp,
 };
@@ -19,7 +19,7 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use uuid::Uuid;
 
-const QTY_MAX: i64 = (1 << 53) - 1;
+const QTY_MAX: i64 = countiq::domain::QTY_MAX as i64;
 const NAMES: &[&str] = &[
     "milk", "Milk", " MILK ", "eggs", "bread", "Bread", "oat milk",
 ];
@@ -403,12 +403,7 @@ fn actor_matches_the_model() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let node = rt.block_on(async {
-        let mut config = NodeConfig::new(dir.path());
-        config.actor = ActorConfig {
-            idle_after: None,
-            ..ActorConfig::default()
-        };
-        config.snapshot_interval = None;
+        let config = NodeConfig::quiet(dir.path());
         Node::open(config, Box::new(SystemClock)).await.unwrap()
     });
     let mut runner = TestRunner::new(Config {

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use support::{all_items, assert_problem, id_of, qty_version, Req};
 
-const QTY_MAX: i64 = (1 << 53) - 1;
+const QTY_MAX: i64 = countiq::domain::QTY_MAX as i64;
 
 fn b64(v: &serde_json::Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())

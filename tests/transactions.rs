@@ -15,7 +15,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::{all_items, assert_problem, id_of, Req};
 
-const QTY_MAX: i64 = (1 << 53) - 1;
+const QTY_MAX: i64 = countiq::domain::QTY_MAX as i64;
 
 async fn transact(s: &TestServer, owner: &str, ops: &[(&str, i64)]) -> Resp {
     let ops: Vec<Value> = ops

@@ -147,7 +147,7 @@ async fn run_against_real_server(scenario: &[&str]) -> LoadReport {
     let report = countiq_load::run(args).await.expect("setup succeeds");
     let _ = stop.send(());
     let stopped = server.await.expect("server task").expect("server result");
-    assert_eq!(stopped, Stopped::Gracefully);
+    assert!(matches!(stopped, Stopped::Gracefully), "{stopped:?}");
     assert!(report.ok(), "check must pass: {report:#?}");
     assert!(report.replies > 0, "no replies: {report:#?}");
     assert!(report.no_reply.is_empty(), "{:?}", report.no_reply);

@@ -380,12 +380,13 @@ impl OwnerActor {
         });
         let applied = self.state.apply(&cmd, Ctx { now, new_id }, stamp);
         let trace = started.map(|at| (at, describe_transition(&cmd, &applied.result)));
+        let logged = applied.is_logged();
         let answer = Written::Done {
             result: applied.result,
             replayed: false,
             lsn: Some(self.last_lsn),
         };
-        if applied.event.is_none() && applied.key.is_none() {
+        if !logged {
             // Nothing to record (a rejection, or deleting a missing item).
             if let Some((at, (item, outcome))) = trace {
                 trace_transition(&self.owner, &item, &outcome, None, at);

@@ -291,7 +291,7 @@ fn copy_parked(owner: &OwnerId, p: &Parked) -> OwnerCopy {
 mod tests {
     use crate::actor::{SystemClock, Written};
     use crate::domain::{Command, ItemName, OwnerId, Qty};
-    use crate::node::{quiet_config, Node};
+    use crate::node::{Node, NodeConfig};
 
     /// Goal: when 100 first requests of a new owner race, exactly one actor
     /// starts and every request is applied. Method: a real node on a temp
@@ -300,7 +300,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn racing_first_calls_activate_exactly_one_actor() {
         let dir = tempfile::tempdir().unwrap();
-        let config = quiet_config(dir.path());
+        let config = NodeConfig::quiet(dir.path());
         let node = Node::open(config, Box::new(SystemClock)).await.unwrap();
         let owner = OwnerId::new("racer").unwrap();
         assert_eq!(node.registry().activations(), 0);
@@ -358,7 +358,7 @@ mod tests {
     #[test]
     fn copying_an_owner_whose_actor_is_gone_fails_instead_of_spinning() {
         let dir = tempfile::tempdir().unwrap();
-        let config = quiet_config(dir.path());
+        let config = NodeConfig::quiet(dir.path());
         let owner = OwnerId::new("orphan").unwrap();
         let first = tokio::runtime::Runtime::new().unwrap();
         let node = first.block_on(async {

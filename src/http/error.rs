@@ -2,7 +2,8 @@
 //!
 //! Every error is an RFC 9457 problem document (`application/problem+json`)
 //! with a stable snake_case `error` code. Internal errors become an opaque
-//! 500; nothing here logs (errors are logged by the trace layer).
+//! 500; nothing here logs (the per-request layer in `front.rs` logs a 500
+//! at ERROR and every other response at DEBUG).
 
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ const RETRY_AFTER_SECS: u64 = 1;
 pub enum ApiError {
     /// 400 `invalid_body`: malformed JSON, wrong shape or out-of-range value.
     InvalidBody(String),
-    /// 400 `invalid_limit` / `invalid_cursor` / `invalid_idempotency_key` / `invalid_if_match`.
+    /// 400 `invalid_query` / `invalid_limit` / `invalid_cursor` / `invalid_idempotency_key`.
     BadParameter {
         code: &'static str,
         detail: String,

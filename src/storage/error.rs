@@ -40,8 +40,8 @@ pub enum Error {
     },
     #[error("{} is not a CountIQ file: {reason}", file.display())]
     Format { file: PathBuf, reason: String },
-    #[error("data directory {} is in use by another process (lock file {})", dir.display(), dir.join(crate::storage::recovery::LOCK_FILE).display())]
-    Locked { dir: PathBuf },
+    #[error("data directory {} is in use by another process (lock file {})", dir.display(), lock_file.display())]
+    Locked { dir: PathBuf, lock_file: PathBuf },
 }
 
 struct LsnSuffix(Option<u64>);
@@ -71,11 +71,6 @@ impl Error {
             lsn,
             reason: reason.into(),
         }
-    }
-
-    /// Whether this is a `Corrupt` error (tests and the verify tool).
-    pub fn is_corrupt(&self) -> bool {
-        matches!(self, Error::Corrupt { .. })
     }
 }
 

@@ -59,12 +59,6 @@ pub struct Batch<W> {
     waiters: Vec<W>,
 }
 
-impl<W> Batch<W> {
-    pub fn waiter_count(&self) -> usize {
-        self.waiters.len()
-    }
-}
-
 struct Pending<W> {
     /// The LSN the next append gets. LSNs start at 1; 0 means "nothing".
     next_lsn: u64,

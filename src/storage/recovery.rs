@@ -26,9 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::codec::Record;
-use super::error::io_at;
-/// Re-exported so callers can name the error where they call `recover`.
-pub use super::error::Error;
+use super::error::{io_at, Error};
 use super::reader::{self, ScanReport, SegmentSummary, TornTail};
 use super::segment::sync_dir;
 use super::snapshot::{self, LoadedSnapshot};
@@ -62,6 +60,7 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, Error> {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(Error::Locked {
                 dir: dir.to_owned(),
+                lock_file: path,
             });
         }
         return Err(Error::io(&path, e));

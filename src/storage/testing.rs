@@ -89,14 +89,6 @@ impl MemDisk {
         }
         Ok(())
     }
-
-    /// Every file's bytes, synced or not (a process crash keeps them all).
-    pub fn materialise_all(&self, dir: &Path) -> io::Result<()> {
-        for (name, f) in lock(&self.files).iter() {
-            fs::write(dir.join(name), &f.data)?;
-        }
-        Ok(())
-    }
 }
 
 /// A prepared file of a `MemDisk`: its temporary name.

@@ -38,7 +38,24 @@ impl VerifyReport {
 /// A hard corruption in the log is returned as the error (after the lines
 /// written so far); a torn tail or an invalid snapshot is reported.
 pub fn verify(dir: &Path, out: &mut impl Write) -> Result<VerifyReport, Error> {
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport {
+        snapshots: check_snapshots(dir, out)?,
+        ..VerifyReport::default()
+    };
+    report.scan = reader::scan_dir(dir, |_, _, _| Ok(()))?;
+    describe_log(dir, &report.scan, out)?;
+    let verdict = if report.is_clean() {
+        "clean"
+    } else {
+        "NOT clean (see above)"
+    };
+    writeln!(out, "{verdict}").map_err(out_err())?;
+    Ok(report)
+}
+
+/// Load every snapshot of `dir`, one line each on `out`.
+fn check_snapshots(dir: &Path, out: &mut impl Write) -> Result<Vec<SnapshotCheck>, Error> {
+    let mut checks = Vec::new();
     for (covers, path) in snapshot::list_snapshots(dir)? {
         let result = snapshot::load(&path)
             .map(|s| (s.owners.len() as u64, s.items))
@@ -52,14 +69,18 @@ pub fn verify(dir: &Path, out: &mut impl Write) -> Result<VerifyReport, Error> {
             Err(e) => writeln!(out, "snapshot {} INVALID: {e}", path.display()),
         }
         .map_err(out_err())?;
-        report.snapshots.push(SnapshotCheck {
+        checks.push(SnapshotCheck {
             path,
             covers,
             result,
         });
     }
-    report.scan = reader::scan_dir(dir, |_, _, _| Ok(()))?;
-    for s in &report.scan.segments {
+    Ok(checks)
+}
+
+/// The scanned segments, prepared files, LSN range and torn tail on `out`.
+fn describe_log(dir: &Path, scan: &ScanReport, out: &mut impl Write) -> Result<(), Error> {
+    for s in &scan.segments {
         let zeros = match s.zero_tail_bytes {
             0 => String::new(),
             n => format!(", then {n} preallocated zero bytes (clean end)"),
@@ -83,31 +104,16 @@ pub fn verify(dir: &Path, out: &mut impl Write) -> Result<VerifyReport, Error> {
         )
         .map_err(out_err())?;
     }
-    let range = match (report.scan.first_lsn, report.scan.last_lsn) {
+    let range = match (scan.first_lsn, scan.last_lsn) {
         (Some(a), Some(b)) => format!("LSN {a}..={b}"),
         _ => "no records".to_string(),
     };
-    writeln!(
-        out,
-        "log: {} segments, {} records, {range}",
-        report.scan.segments.len(),
-        report.scan.records
-    )
-    .map_err(out_err())?;
-    if let Some(t) = &report.scan.torn {
+    let (segments, records) = (scan.segments.len(), scan.records);
+    writeln!(out, "log: {segments} segments, {records} records, {range}").map_err(out_err())?;
+    if let Some(t) = &scan.torn {
         writeln!(out, "{}", describe_torn(t)).map_err(out_err())?;
     }
-    writeln!(
-        out,
-        "{}",
-        if report.is_clean() {
-            "clean"
-        } else {
-            "NOT clean (see above)"
-        }
-    )
-    .map_err(out_err())?;
-    Ok(report)
+    Ok(())
 }
 
 fn out_err() -> impl FnOnce(std::io::Error) -> Error {

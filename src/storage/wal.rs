@@ -34,7 +34,7 @@ use super::segment::{LogDisk, SegmentFile, SEGMENT_HEADER_BYTES};
 pub const PENDING_BYTES_MAX: usize = 32 << 20;
 
 /// When a batch is made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
     /// `fdatasync` every batch before any reply: survives power loss.
     Always,

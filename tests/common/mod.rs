@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use countiq::actor::ActorConfig;
 use countiq::auth::Auth;
 use countiq::domain::OwnerId;
 use countiq::node::NodeConfig;
@@ -25,7 +24,7 @@ pub struct TestServer {
     _tmp: Option<tempfile::TempDir>,
     tweak: fn(&mut NodeConfig),
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<Stopped>>>,
+    task: Option<tokio::task::JoinHandle<Result<Stopped, countiq::server::ServeError>>>,
 }
 
 /// A response, read whole.
@@ -64,12 +63,10 @@ impl TestServer {
 
     /// Start on an existing data dir (recovering what it holds).
     pub async fn start_in(dir: &Path, tweak: fn(&mut NodeConfig)) -> Self {
-        let mut node = NodeConfig::new(dir);
-        node.actor = ActorConfig {
-            idle_after: None,
-            ..ActorConfig::default()
-        };
-        node.snapshot_interval = None;
+        // Quiet, but the snapshot-by-count default stays: restart tests
+        // rely on a snapshot only when they take one or write 5M records.
+        let mut node = NodeConfig::quiet(dir);
+        node.snapshot_every_records = countiq::node::SNAPSHOT_EVERY_RECORDS_DEFAULT;
         node.segment_bytes = TEST_SEGMENT_BYTES;
         tweak(&mut node);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -128,7 +125,8 @@ impl TestServer {
 
     /// Stop gracefully and start again on the same dir.
     pub async fn restart(mut self) -> Self {
-        assert_eq!(self.stop().await, Stopped::Gracefully);
+        let stopped = self.stop().await;
+        assert!(matches!(stopped, Stopped::Gracefully), "{stopped:?}");
         let tmp = self._tmp.take();
         let mut s = Self::start_in(&self.dir, self.tweak).await;
         s._tmp = tmp;
@@ -241,15 +239,10 @@ pub const TEST_SEGMENT_BYTES: u64 = 1 << 20;
 /// A node config for tests: no parking, no background snapshots, 1 MiB
 /// segments.
 pub fn node_config(dir: &Path) -> NodeConfig {
-    let mut config = NodeConfig::new(dir);
-    config.segment_bytes = TEST_SEGMENT_BYTES;
-    config.actor = ActorConfig {
-        idle_after: None,
-        ..ActorConfig::default()
-    };
-    config.snapshot_interval = None;
-    config.snapshot_every_records = 0;
-    config
+    NodeConfig {
+        segment_bytes: TEST_SEGMENT_BYTES,
+        ..NodeConfig::quiet(dir)
+    }
 }
 
 /// Create an item with qty 0 through the actor; returns its id.

@@ -418,12 +418,10 @@ mod harness {
                 fingerprint,
                 expires_at: ctx.now + KEY_TTL,
             });
-            let Applied {
-                event,
-                result: response,
-                key,
-            } = state.apply(cmd, ctx, stamp);
-            if event.is_some() || key.is_some() {
+            let applied = state.apply(cmd, ctx, stamp);
+            let response = applied.result.clone();
+            if applied.is_logged() {
+                let Applied { event, key, .. } = applied;
                 let wal = self.wal.as_ref().expect("writer running");
                 let lsn = append_durable(wal, o, event.as_ref(), key.as_ref()).expect("durable");
                 *last_lsn = lsn;
