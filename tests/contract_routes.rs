@@ -26,13 +26,20 @@ fn now() -> u64 {
 
 /// An HS256 JWT over arbitrary header and claims, signed with `secret`.
 fn hs256(header: serde_json::Value, claims: serde_json::Value, secret: &[u8]) -> String {
-    let input = format!("{}.{}", b64(&header), b64(&claims));
-    let sig = jsonwebtoken::crypto::sign(
-        input.as_bytes(),
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-        jsonwebtoken::Algorithm::HS256,
-    )
-    .unwrap();
+    hmac_jwt(jsonwebtoken::Algorithm::HS256, &header, &claims, secret)
+}
+
+/// A JWT over arbitrary header and claims, HMAC-signed with `alg`
+/// (whatever the header says, so tests can lie in it).
+fn hmac_jwt(
+    alg: jsonwebtoken::Algorithm,
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+    secret: &[u8],
+) -> String {
+    let input = format!("{}.{}", b64(header), b64(claims));
+    let key = jsonwebtoken::EncodingKey::from_secret(secret);
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, alg).unwrap();
     format!("{input}.{sig}")
 }
 
@@ -529,16 +536,15 @@ async fn every_bad_token_is_401_with_www_authenticate() {
         ),
         (
             "alg HS512",
-            Some(format!("Bearer {}", {
-                let input = format!("{}.{}", b64(&json!({"alg": "HS512"})), b64(&good));
-                let sig = jsonwebtoken::crypto::sign(
-                    input.as_bytes(),
-                    &jsonwebtoken::EncodingKey::from_secret(secret),
+            Some(format!(
+                "Bearer {}",
+                hmac_jwt(
                     jsonwebtoken::Algorithm::HS512,
+                    &json!({"alg": "HS512"}),
+                    &good,
+                    secret
                 )
-                .unwrap();
-                format!("{input}.{sig}")
-            })),
+            )),
         ),
         (
             "tampered claims",

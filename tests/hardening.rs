@@ -98,15 +98,7 @@ async fn request_ids_are_echoed_or_generated() {
 async fn metrics_expose_request_counts() {
     let s = TestServer::start().await;
     s.create("alice", "milk", 1).await;
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.text("/metrics").await;
     let line = text
         .lines()
         .find(|l| {

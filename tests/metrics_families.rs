@@ -15,15 +15,7 @@ use countiq::telemetry::{Kind, FAMILIES};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_node_exports_every_family_at_zero() {
     let s = TestServer::start().await;
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.text("/metrics").await;
     for &(name, kind, _) in FAMILIES {
         let kind = match kind {
             Kind::Counter => "counter",

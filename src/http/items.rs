@@ -22,7 +22,7 @@ use crate::domain::{Command, Delta, ItemName, OwnerId, Qty, TxOp, TX_OPS_MAX};
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Item id (UUID)")),
     responses(
-        (status = 200, description = "The item", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 200, description = "The item", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("CountIQ-LSN" = u64, description = "the log position this response reflects"))),
         (status = 401, response = openapi::Unauthorized),
         (status = 404, response = openapi::NotFound),
         (status = 503, response = openapi::Unavailable)
@@ -49,7 +49,7 @@ pub(super) async fn get_item(
     security(("bearer" = [])),
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses(
-        (status = 200, description = "One page", body = openapi::ItemPage),
+        (status = 200, description = "One page", body = openapi::ItemPage, headers(("CountIQ-LSN" = u64, description = "the log position this response reflects"))),
         (status = 400, response = openapi::BadRequest),
         (status = 401, response = openapi::Unauthorized),
         (status = 503, response = openapi::Unavailable)
@@ -102,15 +102,9 @@ fn parse_limit(raw: &str) -> Result<usize, ApiError> {
     params(openapi::KeyHeader),
     request_body(content = CreateBody, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("Location" = String, description = "/items/<id>"))),
-        (status = 400, response = openapi::BadRequest),
-        (status = 401, response = openapi::Unauthorized),
+        (status = 201, description = "Created", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("CountIQ-LSN" = u64, description = "the log position this response reflects"), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("Location" = String, description = "/items/<id>"))),
         (status = 409, response = openapi::Conflict),
-        (status = 413, response = openapi::PayloadTooLarge),
-        (status = 415, response = openapi::UnsupportedMediaType),
-        (status = 422, response = openapi::KeyReused),
-        (status = 429, response = openapi::KeysExhausted),
-        (status = 503, response = openapi::Unavailable)
+        openapi::BodyWriteErrors
     )
 )]
 pub(super) async fn create_item(
@@ -136,17 +130,11 @@ pub(super) async fn create_item(
     params(("id" = String, Path, description = "Item id (UUID)"), openapi::IfMatchHeader, openapi::KeyHeader),
     request_body(content = ReplaceBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "Replaced", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
-        (status = 400, response = openapi::BadRequest),
-        (status = 401, response = openapi::Unauthorized),
+        (status = 200, description = "Replaced", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("CountIQ-LSN" = u64, description = "the log position this response reflects"), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
         (status = 404, response = openapi::NotFound),
         (status = 409, response = openapi::Conflict),
         (status = 412, response = openapi::PreconditionFailed),
-        (status = 413, response = openapi::PayloadTooLarge),
-        (status = 415, response = openapi::UnsupportedMediaType),
-        (status = 422, response = openapi::KeyReused),
-        (status = 429, response = openapi::KeysExhausted),
-        (status = 503, response = openapi::Unavailable)
+        openapi::BodyWriteErrors
     )
 )]
 pub(super) async fn replace_item(
@@ -176,16 +164,10 @@ pub(super) async fn replace_item(
     params(("id" = String, Path, description = "Item id (UUID)"), openapi::IfMatchHeader, openapi::KeyHeader),
     request_body(content = AdjustBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "Applied", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
-        (status = 400, response = openapi::BadRequest),
-        (status = 401, response = openapi::Unauthorized),
+        (status = 200, description = "Applied", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("CountIQ-LSN" = u64, description = "the log position this response reflects"), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
         (status = 404, response = openapi::NotFound),
         (status = 412, response = openapi::PreconditionFailed),
-        (status = 413, response = openapi::PayloadTooLarge),
-        (status = 415, response = openapi::UnsupportedMediaType),
-        (status = 422, response = openapi::KeyReused),
-        (status = 429, response = openapi::KeysExhausted),
-        (status = 503, response = openapi::Unavailable)
+        openapi::BodyWriteErrors
     )
 )]
 pub(super) async fn adjust_qty(
@@ -213,7 +195,7 @@ pub(super) async fn adjust_qty(
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Item id (UUID)"), openapi::KeyHeader),
     responses(
-        (status = 204, description = "Deleted, or already gone", headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
+        (status = 204, description = "Deleted, or already gone", headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("CountIQ-LSN" = u64, description = "the log position this response reflects"))),
         (status = 400, response = openapi::BadRequest),
         (status = 401, response = openapi::Unauthorized),
         (status = 422, response = openapi::KeyReused),
@@ -246,15 +228,9 @@ pub(super) async fn delete_item(
     params(openapi::KeyHeader),
     request_body(content = TxBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "All ops applied", body = openapi::TxResult, headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
-        (status = 400, response = openapi::BadRequest),
-        (status = 401, response = openapi::Unauthorized),
+        (status = 200, description = "All ops applied", body = openapi::TxResult, headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("CountIQ-LSN" = u64, description = "the log position this response reflects"))),
         (status = 404, response = openapi::NotFound),
-        (status = 413, response = openapi::PayloadTooLarge),
-        (status = 415, response = openapi::UnsupportedMediaType),
-        (status = 422, response = openapi::KeyReused),
-        (status = 429, response = openapi::KeysExhausted),
-        (status = 503, response = openapi::Unavailable)
+        openapi::BodyWriteErrors
     )
 )]
 pub(super) async fn transact(

@@ -77,6 +77,27 @@ problem_responses! {
     Unavailable => "overloaded, not_ready or unavailable", headers(("Retry-After" = u64));
 }
 
+/// The errors of every keyed write with a body (POST, PUT, PATCH,
+/// transactions), declared once; each route adds its own (404, 409, 412).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documentation only
+pub(super) enum BodyWriteErrors {
+    #[response(status = 400)]
+    BadRequest(#[ref_response] BadRequest),
+    #[response(status = 401)]
+    Unauthorized(#[ref_response] Unauthorized),
+    #[response(status = 413)]
+    PayloadTooLarge(#[ref_response] PayloadTooLarge),
+    #[response(status = 415)]
+    UnsupportedMediaType(#[ref_response] UnsupportedMediaType),
+    #[response(status = 422)]
+    KeyReused(#[ref_response] KeyReused),
+    #[response(status = 429)]
+    KeysExhausted(#[ref_response] KeysExhausted),
+    #[response(status = 503)]
+    Unavailable(#[ref_response] Unavailable),
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(

@@ -165,6 +165,12 @@ impl TestServer {
         read(req.send().await.expect("request")).await
     }
 
+    /// The body of an unauthenticated GET (the ops routes), as text.
+    pub async fn text(&self, path: &str) -> String {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await;
+        r.expect("request").text().await.expect("body")
+    }
+
     /// Send a raw body with a given content type.
     pub async fn send_raw(
         &self,
