@@ -83,7 +83,7 @@ impl AppState {
             .registry
             .get()
             .is_none_or(|r| r.shared().wal.pipeline.has_failed());
-        !failed && self.inner.accepting.load(Ordering::Acquire)
+        !failed && self.inner.accepting.load(Ordering::Acquire) && self.inner.auth.is_ready()
     }
 
     fn registry(&self) -> Result<&Registry, ApiError> {
@@ -202,7 +202,9 @@ async fn healthz() -> impl IntoResponse {
     (status = 503, response = openapi::Unavailable)
 ))]
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.is_ready() {
+    if let Some(why) = state.auth().not_ready_reason() {
+        ApiError::NotReadyBecause(why).into_response()
+    } else if state.is_ready() {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         ApiError::NotReady.into_response()
