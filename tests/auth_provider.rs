@@ -738,9 +738,10 @@ async fn readiness_waits_for_a_first_jwks_and_a_failed_refresh_keeps_the_last() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jwks_file_is_read_at_start_and_reread_on_refresh() {
-    // Goal: `--jwks-file` works like a URL: the node is ready at once, and
-    // a rewritten file (a rotation) is picked up without a restart; a file
-    // that is not a JWKS stops the start. Method: a temp file, rewritten.
+    // Goal: `--jwks-file` works like a URL: the node becomes ready (the
+    // file was read before it started), a rewritten file (a rotation) is
+    // picked up without a restart, and a file that is not a JWKS stops the
+    // start. Method: a temp file, rewritten.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
     let k1 = ed_key("one");
@@ -750,7 +751,7 @@ async fn a_jwks_file_is_read_at_start_and_reread_on_refresh() {
     config.refresh_interval = Duration::from_millis(100);
     config.refresh_gap = Duration::from_millis(100);
     let node = Node::start(config.clone()).await;
-    assert_eq!(node.ready().await.status, StatusCode::OK);
+    node.wait_ready().await;
     let t1 = k1.sign(&claims("auth0|alice"));
     node.create(&t1, "milk", 1).await;
     std::fs::write(&path, jwks(&[&k2])).unwrap();
