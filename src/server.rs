@@ -83,6 +83,9 @@ pub async fn serve_with(
     state.set_ready(node.registry().clone());
     tokio::spawn(telemetry::sample_registry(node.registry().clone(), stop_rx));
     tracing::info!(addr = %config.addr, "ready");
+    if let Some(why) = auth.not_ready_reason() {
+        tracing::warn!(%why, "not serving tokens until the JWKS is loaded");
+    }
 
     let mut fatal = node.fatal();
     let stopped = tokio::select! {
