@@ -9,7 +9,8 @@
 //! - `actor`: one tokio task per owner, its handle, and the registry.
 //! - `storage`: record codec, WAL segments, commit pipeline, writer, snapshots, recovery.
 //! - `http`: `fn app(state) -> Router`, strict extractors, `ApiError`.
-//! - `auth`: HS256 bearer tokens and the node secret.
+//! - `auth`: bearer tokens: own HS256 secrets (with rotation), an identity
+//!   provider's JWKS, and the owner-claim mapping.
 //! - `node`: a running node without transport: recovery, log writer, registry, checkpointer.
 //! - `server`: the accept loop, production layers, graceful shutdown.
 //! - `telemetry`: the Prometheus recorder and request metrics.

@@ -10,10 +10,14 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use countiq::actor::{ActorConfig, MAILBOX_DEPTH_DEFAULT};
-use countiq::auth::{load_secret, Auth};
+use countiq::auth::jwks::{JWKS_REFRESH_INTERVAL_MAX, JWKS_REFRESH_INTERVAL_MIN, LEEWAY_MAX};
+use countiq::auth::{
+    load_secret, load_secrets_file, owner_for, AuthConfig, JwksSource, OwnKeys, OwnerMapping,
+    ProviderConfig, Verifier,
+};
 use countiq::domain::OwnerId;
 use countiq::node::NodeConfig;
-use countiq::server::{serve, shutdown_signal, ServeConfig, Stopped};
+use countiq::server::{serve_with, shutdown_signal, ServeConfig, Stopped};
 use countiq::storage::wal::FsyncPolicy;
 
 /// mimalloc instead of glibc malloc: a request allocates a few dozen small
@@ -39,6 +43,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print a bearer token (HS256 JWT) for an owner.
     Token(TokenArgs),
+    /// Print the owner id that an identity provider's claim value maps to.
+    OwnerId(OwnerIdArgs),
     /// Drive load against a running server and check correctness at the end.
     Load(countiq_load::LoadArgs),
     /// Inspect a data directory's log and snapshots (read-only).
@@ -95,6 +101,11 @@ struct SecretArgs {
     /// File holding the JWT secret (default: <data-dir>/jwt.secret, created 0600).
     #[arg(long, env = "COUNTIQ_JWT_SECRET_FILE")]
     jwt_secret_file: Option<PathBuf>,
+    /// Rotation file: `kid=secret` lines, oldest first; the last one signs,
+    /// all verify. Replaces <data-dir>/jwt.secret; a secret given with
+    /// --jwt-secret-file or COUNTIQ_JWT_SECRET still verifies kid-less tokens.
+    #[arg(long, env = "COUNTIQ_JWT_SECRETS_FILE")]
+    jwt_secrets_file: Option<PathBuf>,
     /// The JWT secret itself (at least 32 bytes); overrides the file.
     #[arg(
         long = "jwt-secret",
@@ -113,6 +124,124 @@ impl SecretArgs {
             &self.data_dir,
         )?)
     }
+
+    /// Every own secret: the rotation file's, or the single one.
+    fn keys(&self) -> anyhow::Result<OwnKeys> {
+        let Some(path) = &self.jwt_secrets_file else {
+            return Ok(OwnKeys::single(&self.load()?));
+        };
+        let kids = load_secrets_file(path)?;
+        let explicit = self.jwt_secret.is_some() || self.jwt_secret_file.is_some();
+        let kidless = if explicit { Some(self.load()?) } else { None };
+        Ok(OwnKeys::with_kids(kids, kidless))
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OwnerIdMode {
+    /// A claim that is a valid owner id is used as it is; others are derived.
+    Auto,
+    /// Every claim value is derived (with the issuer).
+    Derive,
+}
+
+impl From<OwnerIdMode> for OwnerMapping {
+    fn from(m: OwnerIdMode) -> Self {
+        match m {
+            OwnerIdMode::Auto => OwnerMapping::Auto,
+            OwnerIdMode::Derive => OwnerMapping::Derive,
+        }
+    }
+}
+
+/// Tokens from an identity provider (README "Tokens from an identity provider").
+#[derive(Args)]
+struct ProviderArgs {
+    /// The provider's JWK set from a file (read at start, re-read on refresh).
+    #[arg(long, env = "COUNTIQ_JWKS_FILE", conflicts_with = "jwks_url")]
+    jwks_file: Option<PathBuf>,
+    /// The provider's JWK set URL (https, or http to a loopback address),
+    /// fetched at start and refreshed in the background.
+    #[arg(long, env = "COUNTIQ_JWKS_URL")]
+    jwks_url: Option<String>,
+    /// The exact `iss` of the provider's tokens (required with a JWKS).
+    #[arg(long, env = "COUNTIQ_ISSUER")]
+    issuer: Option<String>,
+    /// An accepted `aud` (repeat, or separate with commas; required with a JWKS).
+    #[arg(long, env = "COUNTIQ_AUDIENCE", value_delimiter = ',')]
+    audience: Vec<String>,
+    /// Clock leeway for provider tokens' exp and nbf (at most 5m; own tokens: none).
+    #[arg(long, env = "COUNTIQ_LEEWAY", default_value = "30s", value_parser = parse_leeway)]
+    leeway: Duration,
+    /// The claim that names the owner.
+    #[arg(long, env = "COUNTIQ_OWNER_CLAIM", default_value = "sub")]
+    owner_claim: String,
+    /// How a claim value becomes an owner id.
+    #[arg(
+        long,
+        env = "COUNTIQ_OWNER_ID_MODE",
+        value_enum,
+        default_value = "auto"
+    )]
+    owner_id_mode: OwnerIdMode,
+    /// How often the JWK set is refreshed (30s-24h); also soon after an
+    /// unknown kid, at most once per 10s.
+    #[arg(long, env = "COUNTIQ_JWKS_REFRESH", default_value = "5m", value_parser = parse_refresh)]
+    jwks_refresh: Duration,
+    /// Refuse own HS256 tokens: only the provider's are accepted.
+    #[arg(long, env = "COUNTIQ_NO_OWN_TOKENS")]
+    no_own_tokens: bool,
+}
+
+impl ProviderArgs {
+    fn config(&self) -> anyhow::Result<Option<ProviderConfig>> {
+        let source = match (&self.jwks_file, &self.jwks_url) {
+            (Some(path), _) => JwksSource::File(path.clone()),
+            (None, Some(url)) => JwksSource::Url(url.clone()),
+            (None, None) => {
+                anyhow::ensure!(
+                    self.issuer.is_none() && self.audience.is_empty(),
+                    "--issuer and --audience need --jwks-file or --jwks-url"
+                );
+                anyhow::ensure!(
+                    !self.no_own_tokens,
+                    "--no-own-tokens needs --jwks-file or --jwks-url"
+                );
+                return Ok(None);
+            }
+        };
+        let issuer = self
+            .issuer
+            .as_deref()
+            .context("--issuer is required with --jwks-file or --jwks-url")?;
+        anyhow::ensure!(
+            !self.audience.is_empty(),
+            "--audience is required with --jwks-file or --jwks-url"
+        );
+        let audiences: Vec<&str> = self.audience.iter().map(String::as_str).collect();
+        let mut config = ProviderConfig::new(source, issuer, &audiences);
+        config.leeway = self.leeway;
+        config.owner_claim = self.owner_claim.clone();
+        config.owner_mapping = self.owner_id_mode.into();
+        config.refresh_interval = self.jwks_refresh;
+        Ok(Some(config))
+    }
+}
+
+fn parse_leeway(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if d > LEEWAY_MAX {
+        return Err("must be at most 5m".into());
+    }
+    Ok(d)
+}
+
+fn parse_refresh(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if d < JWKS_REFRESH_INTERVAL_MIN || d > JWKS_REFRESH_INTERVAL_MAX {
+        return Err("must be between 30s and 24h".into());
+    }
+    Ok(d)
 }
 
 #[derive(Args)]
@@ -122,6 +251,8 @@ struct ServeArgs {
     addr: SocketAddr,
     #[command(flatten)]
     secret: SecretArgs,
+    #[command(flatten)]
+    provider: ProviderArgs,
     /// `always`: fdatasync before every reply (survives power loss).
     /// `never`: write only (survives a process crash, not a power cut).
     #[arg(long, env = "COUNTIQ_FSYNC", value_enum, default_value = "always")]
@@ -164,6 +295,18 @@ fn parse_ttl(raw: &str) -> Result<Duration, String> {
 }
 
 #[derive(Args)]
+struct OwnerIdArgs {
+    /// The provider's issuer, exactly as its tokens' `iss`.
+    #[arg(long)]
+    issuer: String,
+    /// The owner claim's value (e.g. `auth0|6543abc`).
+    #[arg(long)]
+    subject: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    owner_id_mode: OwnerIdMode,
+}
+
+#[derive(Args)]
 struct TokenArgs {
     /// Owner id: 1-64 characters of [A-Za-z0-9._-].
     #[arg(long)]
@@ -180,6 +323,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => run_serve(args),
         Command::Token(args) => run_token(args),
+        Command::OwnerId(args) => run_owner_id(args),
         Command::Load(args) => run_load(args),
         Command::Wal { command } => run_wal(command),
     };
@@ -214,7 +358,15 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         default_hook(info);
         std::process::abort();
     }));
-    let jwt_secret = args.secret.load()?;
+    let own = if args.provider.no_own_tokens {
+        None
+    } else {
+        Some(args.secret.keys()?)
+    };
+    let auth = Verifier::from_config(AuthConfig {
+        own,
+        provider: args.provider.config()?,
+    })?;
     let mut node = NodeConfig::new(&args.secret.data_dir);
     node.fsync = args.fsync.into();
     node.segment_bytes = args.segment_bytes;
@@ -234,7 +386,8 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data_dir = %args.secret.data_dir.display(), fsync = ?args.fsync, "listening");
-        match serve(ServeConfig { addr, node, jwt_secret }, listener, shutdown_signal()).await? {
+        let config = ServeConfig { addr, node, jwt_secret: Vec::new() };
+        match serve_with(config, auth, listener, shutdown_signal()).await? {
             Stopped::Gracefully => Ok(ExitCode::SUCCESS),
             Stopped::LogFailed(_) => Ok(ExitCode::from(2)),
         }
@@ -281,7 +434,13 @@ fn run_wal(command: WalCommand) -> anyhow::Result<ExitCode> {
 
 fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     let owner = OwnerId::new(&args.owner).context("--owner")?;
-    let auth = Auth::new(&args.secret.load()?);
-    println!("{}", auth.mint(&owner, args.ttl));
+    println!("{}", args.secret.keys()?.mint(&owner, args.ttl));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_owner_id(args: OwnerIdArgs) -> anyhow::Result<ExitCode> {
+    let owner =
+        owner_for(&args.issuer, &args.subject, args.owner_id_mode.into()).context("--subject")?;
+    println!("{owner}");
     Ok(ExitCode::SUCCESS)
 }

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::actor::SystemClock;
-use crate::auth::Auth;
+use crate::auth::Verifier;
 use crate::http::{app, AppState};
 use crate::node::{Node, NodeConfig, NodeError};
 use crate::telemetry;
@@ -62,22 +62,39 @@ pub enum ServeError {
 }
 
 /// Run until `shutdown` resolves (in the binary: SIGTERM or Ctrl-C) or the
-/// log fails.
+/// log fails, accepting own HS256 tokens signed with `config.jwt_secret`.
 pub async fn serve(
     config: ServeConfig,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Stopped, ServeError> {
+    let auth = Verifier::new(&config.jwt_secret);
+    serve_with(config, auth, listener, shutdown).await
+}
+
+/// `serve` with any token verifier (own secrets with rotation, an identity
+/// provider); `config.jwt_secret` is not used. The verifier's key refresh
+/// runs until shutdown.
+pub async fn serve_with(
+    config: ServeConfig,
+    auth: Verifier,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Stopped, ServeError> {
     telemetry::install();
     crate::http::request_metrics::register();
-    let state = AppState::new(Auth::new(&config.jwt_secret));
+    let state = AppState::new(auth.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
+    auth.spawn_refresh(stop_rx.clone());
     let http = tokio::spawn(accept_loop(listener, app(state.clone()), stop_rx.clone()));
 
     let node = Node::open(config.node, Box::new(SystemClock)).await?;
     state.set_ready(node.registry().clone());
     tokio::spawn(telemetry::sample_registry(node.registry().clone(), stop_rx));
     tracing::info!(addr = %config.addr, "ready");
+    if let Some(why) = auth.not_ready_reason() {
+        tracing::warn!(%why, "not serving tokens until the JWKS is loaded");
+    }
 
     let mut fatal = node.fatal();
     let stopped = tokio::select! {

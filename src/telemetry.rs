@@ -179,7 +179,21 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Keys dropped at expiry.",
     ),
+    (
+        "countiq_jwks_fetches_total",
+        Kind::Counter,
+        "Identity-provider key set fetches, by outcome (ok, failed).",
+    ),
+    (
+        "countiq_jwks_keys",
+        Kind::Gauge,
+        "Usable keys in the current identity-provider key set.",
+    ),
 ];
+
+/// Counters whose series carry one label, created at start for each value.
+const LABELLED_COUNTERS: &[(&str, &str, &[&str])] =
+    &[("countiq_jwks_fetches_total", "outcome", &["ok", "failed"])];
 
 /// Describe every family and create its series at 0. A histogram is
 /// created without samples (count 0). The mailbox ranks are created for
@@ -190,7 +204,9 @@ fn register_families() {
         match kind {
             Kind::Counter => {
                 metrics::describe_counter!(name, help);
-                metrics::counter!(name).absolute(0);
+                if LABELLED_COUNTERS.iter().all(|(n, _, _)| *n != name) {
+                    metrics::counter!(name).absolute(0);
+                }
             }
             Kind::Gauge => {
                 metrics::describe_gauge!(name, help);
@@ -204,6 +220,11 @@ fn register_families() {
                     let _ = metrics::histogram!(name);
                 }
             }
+        }
+    }
+    for &(name, label, values) in LABELLED_COUNTERS {
+        for &value in values {
+            metrics::counter!(name, label => value).absolute(0);
         }
     }
     for rank in 1..=TOP_OWNERS_REPORTED {

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::actor::CallError;
+use crate::auth::AuthError;
 use crate::domain::Rejection;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -27,7 +28,8 @@ pub enum ApiError {
         code: &'static str,
         detail: String,
     },
-    Unauthorized,
+    /// 401 `unauthorized`, with the reason in `WWW-Authenticate`.
+    Unauthorized(AuthError),
     /// 404 (unknown route, or an item that does not exist for this owner).
     NotFound,
     MethodNotAllowed,
@@ -41,6 +43,8 @@ pub enum ApiError {
     },
     Overloaded,
     NotReady,
+    /// 503 `not_ready` from `/readyz`, saying why (a JWKS never loaded).
+    NotReadyBecause(String),
     /// The log failed; the outcome of this request is unknown.
     Unavailable,
     Internal,
@@ -67,7 +71,7 @@ impl ApiError {
         match self {
             InvalidBody(d) => (StatusCode::BAD_REQUEST, "invalid_body", d.clone()),
             BadParameter { code, detail } => (StatusCode::BAD_REQUEST, code, detail.clone()),
-            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required".into()),
+            Unauthorized(e) => (StatusCode::UNAUTHORIZED, "unauthorized", format!("a valid bearer token is required: {e}")),
             NotFound => (StatusCode::NOT_FOUND, "not_found", "no such resource".into()),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "see the Allow header".into()),
             UnsupportedMediaType => (
@@ -97,6 +101,7 @@ impl ApiError {
             ),
             Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the owner's queue is full; retry shortly".into()),
             NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the node is not ready".into()),
+            NotReadyBecause(why) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", why.clone()),
             Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -156,17 +161,20 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         let retry_after = match &self {
-            ApiError::Overloaded | ApiError::NotReady | ApiError::Unavailable => {
-                Some(RETRY_AFTER_SECS)
-            }
+            ApiError::Overloaded
+            | ApiError::NotReady
+            | ApiError::NotReadyBecause(_)
+            | ApiError::Unavailable => Some(RETRY_AFTER_SECS),
             ApiError::KeysExhausted { retry_after } => Some(retry_after.as_secs().max(1)),
             _ => None,
         };
         if let Some(secs) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if self == ApiError::Unauthorized {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        if let ApiError::Unauthorized(e) = &self {
+            let challenge = HeaderValue::from_str(&e.www_authenticate())
+                .expect("auth error texts are header-safe");
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         if self == ApiError::PayloadTooLarge {
             // The oversized body is not read, so the connection cannot carry

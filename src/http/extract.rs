@@ -124,7 +124,7 @@ impl FromRequestParts<AppState> for Owner {
         let owner = state
             .auth()
             .verify_header(value)
-            .map_err(|_| ApiError::Unauthorized)?;
+            .map_err(ApiError::Unauthorized)?;
         tracing::Span::current().record("owner", owner.as_str());
         Ok(Owner(owner))
     }

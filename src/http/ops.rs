@@ -26,7 +26,9 @@ pub(super) async fn healthz() -> impl IntoResponse {
     (status = 503, response = openapi::Unavailable)
 ))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.is_ready() {
+    if let Some(why) = state.auth().not_ready_reason() {
+        ApiError::NotReadyBecause(why).into_response()
+    } else if state.is_ready() {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         ApiError::NotReady.into_response()

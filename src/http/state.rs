@@ -47,7 +47,7 @@ impl AppState {
     /// Recovered, the log alive, and not shutting down.
     pub fn is_ready(&self) -> bool {
         let failed = self.inner.registry.get().is_none_or(Registry::log_failed);
-        !failed && self.inner.accepting.load(Ordering::Acquire)
+        !failed && self.inner.accepting.load(Ordering::Acquire) && self.inner.auth.is_ready()
     }
 
     pub(super) fn registry(&self) -> Result<&Registry, ApiError> {
