@@ -9,6 +9,7 @@
 //! - `actor`: one tokio task per owner, its handle, and the registry.
 //! - `storage`: record codec, WAL segments, commit pipeline, writer, snapshots, recovery.
 //! - `http`: `fn app(state) -> Router`, strict extractors, `ApiError`.
+//! - `cluster`: the membership file, the owner ring (nginx's ketama), the proxy config, the data-dir guard.
 //! - `auth`: HS256 bearer tokens and the node secret.
 //! - `node`: a running node without transport: recovery, log writer, registry, checkpointer.
 //! - `server`: the accept loop, production layers, graceful shutdown.
@@ -18,6 +19,7 @@
 pub mod actor;
 pub mod alloc_count;
 pub mod auth;
+pub mod cluster;
 pub mod domain;
 pub mod http;
 pub mod node;

@@ -11,9 +11,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use countiq::actor::{ActorConfig, MAILBOX_DEPTH_DEFAULT};
 use countiq::auth::{load_secret, Auth};
+use countiq::cluster::{nginx_config, Cluster, ProxyOptions, OWNER_JS};
 use countiq::domain::OwnerId;
 use countiq::node::NodeConfig;
-use countiq::server::{serve, shutdown_signal, ServeConfig, Stopped};
+use countiq::server::{serve_in_cluster, shutdown_signal, ServeConfig, Stopped};
 use countiq::storage::wal::FsyncPolicy;
 
 /// mimalloc instead of glibc malloc: a request allocates a few dozen small
@@ -41,6 +42,11 @@ enum Command {
     Token(TokenArgs),
     /// Drive load against a running server and check correctness at the end.
     Load(countiq_load::LoadArgs),
+    /// Cluster tools: the proxy configuration from the cluster file.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Inspect a data directory's log and snapshots (read-only).
     Wal {
         #[command(subcommand)]
@@ -61,6 +67,24 @@ enum WalCommand {
         #[arg(long, env = "COUNTIQ_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print the nginx configuration (a conf.d file) that routes each owner
+    /// to the node holding it, with the reasons for its settings.
+    ProxyConfig {
+        #[arg(long, env = "COUNTIQ_CLUSTER")]
+        cluster: PathBuf,
+        /// Port nginx listens on.
+        #[arg(long, default_value_t = 8080)]
+        listen_port: u16,
+        /// Where owner.js is installed in the nginx image.
+        #[arg(long, default_value = "/etc/nginx/countiq/owner.js")]
+        js_path: String,
+    },
+    /// Print the njs script that extracts the owner from the bearer token.
+    OwnerJs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -136,6 +160,13 @@ struct ServeArgs {
     /// of its own on top of these.
     #[arg(long, env = "COUNTIQ_WORKER_THREADS", default_value_t = 0)]
     worker_threads: usize,
+    /// Cluster file (node ids and addresses): serve only the owners the
+    /// ring gives this node, 421 for the others.
+    #[arg(long, env = "COUNTIQ_CLUSTER", requires = "node_id")]
+    cluster: Option<PathBuf>,
+    /// This node's id in the cluster file.
+    #[arg(long, env = "COUNTIQ_NODE_ID", requires = "cluster")]
+    node_id: Option<String>,
 }
 
 fn parse_ttl(raw: &str) -> Result<Duration, String> {
@@ -164,6 +195,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(args),
         Command::Token(args) => run_token(args),
         Command::Load(args) => run_load(args),
+        Command::Cluster { command } => run_cluster(command),
         Command::Wal { command } => run_wal(command),
     };
     match result {
@@ -198,6 +230,10 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         std::process::abort();
     }));
     let jwt_secret = args.secret.load()?;
+    let placement = match (&args.cluster, &args.node_id) {
+        (Some(path), Some(id)) => Some(Cluster::load(path)?.placement(id)?),
+        _ => None,
+    };
     let mut node = NodeConfig::new(&args.secret.data_dir);
     node.fsync = args.fsync;
     node.segment_bytes = args.segment_bytes;
@@ -217,7 +253,8 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data_dir = %args.secret.data_dir.display(), fsync = ?args.fsync, "listening");
-        match serve(ServeConfig { addr, node, jwt_secret }, listener, shutdown_signal()).await? {
+        let config = ServeConfig { addr, node, jwt_secret };
+        match serve_in_cluster(config, placement, listener, shutdown_signal()).await? {
             Stopped::Gracefully => Ok(ExitCode::SUCCESS),
             Stopped::LogFailed(_) => Ok(ExitCode::from(2)),
         }
@@ -241,6 +278,24 @@ fn run_load(args: countiq_load::LoadArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn run_cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ClusterCommand::ProxyConfig {
+            cluster,
+            listen_port,
+            js_path,
+        } => {
+            let options = ProxyOptions {
+                listen_port,
+                js_path,
+            };
+            print!("{}", nginx_config(&Cluster::load(&cluster)?, &options));
+        }
+        ClusterCommand::OwnerJs => print!("{OWNER_JS}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_wal(command: WalCommand) -> anyhow::Result<ExitCode> {

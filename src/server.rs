@@ -27,6 +27,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::actor::SystemClock;
 use crate::auth::Auth;
+use crate::cluster::{self, Placement};
 use crate::http::{app, AppState};
 use crate::node::{Node, NodeConfig};
 use crate::telemetry;
@@ -60,12 +61,39 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Stopped> {
+    serve_in_cluster(config, None, listener, shutdown).await
+}
+
+/// `serve` as one node of a cluster (`Some`): owners it does not hold are
+/// answered 421, and it refuses to start over a data directory written
+/// under another membership (`cluster::check_data_dir`).
+pub async fn serve_in_cluster(
+    config: ServeConfig,
+    cluster: Option<Placement>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Stopped> {
     telemetry::install();
     let state = AppState::new(Auth::new(&config.jwt_secret));
+    if let Some(placement) = &cluster {
+        state.set_cluster(placement.clone());
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = tokio::spawn(accept_loop(listener, app(state.clone()), stop_rx.clone()));
 
+    let data_dir = config.node.data_dir.clone();
     let node = Node::open(config.node, Box::new(SystemClock)).await?;
+    // Before readiness: nothing has been served from this data yet. On a
+    // refusal, close what was opened (the listener, the log and its lock;
+    // the final snapshot holds the recovered state unchanged) and fail.
+    if let Err(refused) =
+        cluster::check_data_dir(&data_dir, cluster.as_ref(), &node.registry().owners())
+    {
+        let _ = stop_tx.send(true);
+        let _ = http.await;
+        node.shutdown().await?;
+        return Err(refused.into());
+    }
     state.set_ready(node.registry().clone());
     tokio::spawn(telemetry::sample_registry(node.registry().clone(), stop_rx));
     tracing::info!(addr = %config.addr, "ready");

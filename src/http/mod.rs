@@ -21,7 +21,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use error::{ApiError, PROBLEM_JSON};
+pub use error::{ApiError, OWNER_NODE_HEADER, PROBLEM_JSON};
 use extract::{idempotency, if_match, item_id, JsonBody, Owner, RawId, WriteHeaders};
 
 use crate::actor::registry::Registry;
@@ -54,6 +54,9 @@ struct StateInner {
     registry: OnceLock<Registry>,
     /// Cleared when the node stops taking writes (log failure, shutdown).
     accepting: AtomicBool,
+    /// Set when the node is one of a cluster: owners it does not hold are
+    /// answered 421 right after authentication.
+    cluster: OnceLock<crate::cluster::Placement>,
 }
 
 impl AppState {
@@ -63,6 +66,7 @@ impl AppState {
                 auth,
                 registry: OnceLock::new(),
                 accepting: AtomicBool::new(true),
+                cluster: OnceLock::new(),
             }),
         }
     }
@@ -70,6 +74,19 @@ impl AppState {
     /// Recovery finished: start serving `/items`.
     pub fn set_ready(&self, registry: Registry) {
         let _ = self.inner.registry.set(registry);
+    }
+
+    /// This node is one of a cluster (set before serving).
+    pub fn set_cluster(&self, placement: crate::cluster::Placement) {
+        let _ = self.inner.cluster.set(placement);
+    }
+
+    /// The cluster hook: Ok unless another node holds `owner` (421).
+    pub(crate) fn check_owner(&self, owner: &crate::domain::OwnerId) -> Result<(), ApiError> {
+        match self.inner.cluster.get() {
+            Some(placement) => Ok(placement.check_owner(owner)?),
+            None => Ok(()),
+        }
     }
 
     /// Stop serving `/items` (503 `not_ready`): log failure or shutdown.
