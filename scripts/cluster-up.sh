@@ -6,6 +6,8 @@
 #   scripts/cluster-up.sh            # project "countiq", subnet 172.28.18.0/24
 #   COUNTIQ_PROJECT=x COUNTIQ_SUBNET=172.28.19 scripts/cluster-up.sh
 #   scripts/cluster-down.sh          # stop and remove (volumes too)
+# COUNTIQ_BIN and COUNTIQ_IMAGE: see scripts/build-images.sh (the tests use
+# the binary `cargo test` built, under another tag).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,7 @@ compose() {
 }
 
 scripts/build-images.sh
+BIN="${COUNTIQ_BIN:-target/release/countiq}"
 mkdir -p "$COUNTIQ_CLUSTER_DIR"
 cat >"$COUNTIQ_CLUSTER_DIR/cluster.toml" <<TOML
 # CountIQ cluster membership (static). Every node and the proxy read it;
@@ -40,7 +43,7 @@ addr = "$COUNTIQ_SUBNET.12:8080"
 id = "node3"
 addr = "$COUNTIQ_SUBNET.13:8080"
 TOML
-target/release/countiq cluster proxy-config --cluster "$COUNTIQ_CLUSTER_DIR/cluster.toml" \
+"$BIN" cluster proxy-config --cluster "$COUNTIQ_CLUSTER_DIR/cluster.toml" \
     >"$COUNTIQ_CLUSTER_DIR/countiq.conf"
 if [ -z "${COUNTIQ_JWT_SECRET:-}" ]; then
     SECRET_FILE="$COUNTIQ_CLUSTER_DIR/jwt.secret"
