@@ -116,7 +116,10 @@ impl Stats {
     fn on_reply(&mut self, plan: &Plan, op: &Op, reply: &Reply) {
         match reply.status {
             200 | 201 => self.on_success(plan, op, reply),
-            503 => self.count_error_code(reply),
+            // 503 (overloaded, not ready) and 421 (misdirected: another node
+            // of a cluster holds the owner) are refused before anything is
+            // applied: counted, not acknowledged, not unknown.
+            503 | 421 => self.count_error_code(reply),
             // Any other 5xx may come after the transition was applied.
             500..=599 => {
                 self.count_error_code(reply);

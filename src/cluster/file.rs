@@ -160,7 +160,8 @@ mod tests {
         let long_id = "a".repeat(NODE_ID_CHARS_MAX + 1);
         let max_id = "a".repeat(NODE_ID_CHARS_MAX);
         assert!(parse(&file(&[(&max_id, "10.0.0.1:80")])).is_ok());
-        let cases: Vec<(String, fn(&ClusterFileError) -> bool)> = vec![
+        type IsExpected = fn(&ClusterFileError) -> bool;
+        let cases: Vec<(String, IsExpected)> = vec![
             (String::new(), |e| matches!(e, ClusterFileError::Empty)),
             ("node = 3".into(), |e| {
                 matches!(e, ClusterFileError::Syntax(_))

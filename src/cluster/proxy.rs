@@ -143,7 +143,7 @@ mod tests {
         let servers: Vec<&str> = conf
             .lines()
             .map(str::trim)
-            .filter(|l| l.starts_with("server "))
+            .filter(|l| l.starts_with("server ") && l.ends_with(|c: char| c.is_alphanumeric()))
             .collect();
         assert_eq!(
             servers,
