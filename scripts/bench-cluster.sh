@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Aggregate durable req/s: one CountIQ node alone vs three nodes behind
-# nginx, measured side by side in one run (rounds interleaved, medians).
+# Aggregate durable req/s: one CountIQ node alone, the same node behind
+# its own nginx (the proxy's cost), and three nodes behind nginx, measured
+# side by side in one run (rounds interleaved, medians).
 #
 #   scripts/cluster-up.sh && scripts/bench-cluster.sh
 #   ROUNDS=3 DURATION=10s CONNS=64 OWNERS=1000 scripts/bench-cluster.sh
@@ -26,13 +27,23 @@ BIN=target/release/countiq
 SECRET="${COUNTIQ_JWT_SECRET:-$(cat "$DIR/jwt.secret")}"
 SINGLE="$PROJECT-bench-single"
 SINGLE_IP="$SUBNET.20"
+PROXIED="$PROJECT-bench-single-nginx"
+PROXIED_IP="$SUBNET.21"
 OUT="$(mktemp -d /tmp/countiq-bench-cluster.XXXXXX)"
 
-docker rm -f "$SINGLE" >/dev/null 2>&1 || true
+cleanup() { docker rm -f "$SINGLE" "$PROXIED" >/dev/null 2>&1 || true; rm -rf "$OUT/conf"; }
+cleanup
+trap cleanup EXIT
 docker run -d --rm --name "$SINGLE" --network "${PROJECT}_countiq" --ip "$SINGLE_IP" \
     -e COUNTIQ_JWT_SECRET="$SECRET" "$IMAGE" serve >/dev/null
-trap 'docker rm -f "$SINGLE" >/dev/null 2>&1 || true' EXIT
+# The same generated proxy configuration, for a one-node "cluster".
+mkdir -p "$OUT/conf"
+printf '[[node]]\nid = "single"\naddr = "%s:8080"\n' "$SINGLE_IP" >"$OUT/conf/cluster.toml"
+"$BIN" cluster proxy-config --cluster "$OUT/conf/cluster.toml" >"$OUT/conf/countiq.conf"
+docker run -d --rm --name "$PROXIED" --network "${PROJECT}_countiq" --ip "$PROXIED_IP" \
+    -v "$OUT/conf/countiq.conf:/etc/nginx/conf.d/countiq.conf:ro" countiq-nginx:local >/dev/null
 until curl -sf "http://$SINGLE_IP:8080/readyz" >/dev/null; do sleep 0.2; done
+until curl -sf "http://$PROXIED_IP:8080/readyz" >/dev/null; do sleep 0.2; done
 
 run_load() { # name url round
     COUNTIQ_JWT_SECRET="$SECRET" "$BIN" load --url "$2" --allow-remote --scenario uniform \
@@ -40,6 +51,7 @@ run_load() { # name url round
 }
 for r in $(seq 1 "$ROUNDS"); do
     run_load single "http://$SINGLE_IP:8080" "$r"
+    run_load proxied "http://$PROXIED_IP:8080" "$r"
     run_load cluster "http://$SUBNET.10:8080" "$r"
 done
 
@@ -47,19 +59,21 @@ python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 rows = {}
-for name in ("single", "cluster"):
+for name in ("single", "proxied", "cluster"):
     runs = [json.load(open(f"{out}/{name}-{r}.json")) for r in range(1, rounds + 1)]
     assert all(x["check"]["passed"] for x in runs), f"{name}: a check failed"
     rows[name] = runs
-ratios = [c["requests_per_s"] / s["requests_per_s"] for s, c in zip(rows["single"], rows["cluster"])]
+ratio = lambda a, b: [x["requests_per_s"] / y["requests_per_s"] for x, y in zip(rows[a], rows[b])]
 print("| target | req/s (median) | p50 µs | p99 µs | runs req/s | non-200 |")
 print("|---|---:|---:|---:|---|---:|")
-for name, label in (("single", "one node, direct"), ("cluster", "three nodes behind nginx")):
+for name, label in (("single", "one node, direct"), ("proxied", "one node behind nginx"), ("cluster", "three nodes behind nginx")):
     runs = rows[name]
     med = lambda k: statistics.median(x["latency_us"][k] for x in runs)
     rps = statistics.median(x["requests_per_s"] for x in runs)
     bad = sum(n for x in runs for s, n in x["by_status"].items() if s != "200")
     print(f"| {label} | {rps:,.0f} | {med('p50'):,.0f} | {med('p99'):,.0f} | "
           + ", ".join(f"{x['requests_per_s']:,.0f}" for x in runs) + f" | {bad} |")
-print(f"\nratio cluster/single per round: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
+for a, b in (("cluster", "single"), ("proxied", "single"), ("cluster", "proxied")):
+    rs = ratio(a, b)
+    print(f"ratio {a}/{b} per round: {', '.join(f'{r:.2f}' for r in rs)}; median {statistics.median(rs):.2f}")
 PY
