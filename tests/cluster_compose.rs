@@ -43,7 +43,13 @@ const FAULT_OWNERS: usize = 300;
 const FAULT_CLIENTS: usize = 16;
 /// Phase lengths of a fault run: before the fault, during it, after repair.
 const FAULT_BEFORE: Duration = Duration::from_secs(2);
-const FAULT_DURING: Duration = Duration::from_secs(3);
+/// A killed node is down this long. A partition lasts longer than nginx's
+/// read timeout: a shorter one only delays the requests in flight (TCP
+/// retransmits them after the reconnect and they succeed), which would
+/// show nothing about how the victim's owners fail.
+const KILL_DOWN: Duration = Duration::from_secs(3);
+const PARTITION_DOWN: Duration =
+    Duration::from_secs(countiq::cluster::PROXY_READ_TIMEOUT_S as u64 + 3);
 const FAULT_AFTER: Duration = Duration::from_secs(2);
 /// A reply must come within this (nginx's own bounds are 0.5 s to connect
 /// and 5 s to read; this only separates "answered" from "hung").
@@ -551,7 +557,11 @@ async fn fault(h: &Harness, fault: Fault) {
         ])),
     }
     .expect("inject the fault");
-    tokio::time::sleep(FAULT_DURING).await;
+    tokio::time::sleep(match fault {
+        Fault::Kill => KILL_DOWN,
+        Fault::Partition => PARTITION_DOWN,
+    })
+    .await;
     match fault {
         Fault::Kill => run(Command::new("docker").args(["start", &container])),
         Fault::Partition => run(Command::new("docker").args([
