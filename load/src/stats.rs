@@ -315,6 +315,24 @@ mod tests {
     }
 
     #[test]
+    fn misdirected_is_not_applied_and_a_proxy_502_is_unknown() {
+        // A 421 (another node of a cluster holds the owner) is refused before
+        // anything runs; nginx's 502 may come after the node applied it.
+        let s = recorded(vec![
+            (patch(5), reply(421, r#"{"error":"misdirected_owner"}"#)),
+            (
+                patch(-3),
+                reply(502, r#"{"error":"owner_node_unreachable"}"#),
+            ),
+        ]);
+        assert_eq!(s.tallies[0].acked, 0);
+        assert_eq!(s.tallies[0].expected_range(10), (7, 10));
+        assert_eq!(s.unknown_outcomes, 1);
+        assert_eq!(s.by_error_code.get("misdirected_owner"), Some(&1));
+        assert_eq!(s.by_error_code.get("owner_node_unreachable"), Some(&1));
+    }
+
+    #[test]
     fn version_regression_and_negative_qty_are_caught() {
         let s = recorded(vec![
             (patch(0), reply(200, &item(10, 5))),
