@@ -16,6 +16,8 @@
 //!    victim's owners get only 502/503/504 (never a hang, never 421), and
 //!    afterwards every item's qty is start + acknowledged deltas (within
 //!    the range of the 502/504s, whose outcome is unknown).
+//! 6. `docker stop` of a node (SIGTERM): it drains, writes its final
+//!    snapshot and exits 0.
 //!
 //! Skips (passes, printing why) only when `docker info` fails.
 
@@ -287,9 +289,26 @@ fn cluster_on_compose() {
         fault(&h, Fault::Kill).await;
         fault(&h, Fault::Partition).await;
     });
+    graceful_stop(&h);
     eprintln!(
         "cluster_compose: all phases in {:.1}s",
         started.elapsed().as_secs_f64()
+    );
+}
+
+fn graceful_stop(h: &Harness) {
+    let id = h.project.container("node1");
+    run(Command::new("docker").args(["stop", "--time", "30", &id])).expect("docker stop");
+    let code = run(Command::new("docker").args(["inspect", "-f", "{{.State.ExitCode}}", &id]));
+    assert_eq!(code.as_deref(), Ok("0"), "node1's exit after SIGTERM");
+    let out = Command::new("docker")
+        .args(["logs", &id])
+        .output()
+        .expect("docker logs");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        logs.contains("stopped: final snapshot written, log closed"),
+        "no final snapshot in node1's log"
     );
 }
 
@@ -435,7 +454,8 @@ struct Tally {
     unknown_up: i64,
 }
 
-/// Outcomes per phase (0 before, 1 during, 2 after) and victim-or-not.
+/// Outcomes per phase (0 before the fault, 1 during it, 2 from the repair
+/// on) and victim-or-not.
 #[derive(Default)]
 struct Seen {
     statuses: BTreeMap<(u8, bool, u16), u64>,
@@ -545,7 +565,7 @@ async fn fault(h: &Harness, fault: Fault) {
     tokio::time::sleep(FAULT_BEFORE).await;
     let container = h.project.container(victim);
     let ip = h.cluster.members()[1].addr.ip().to_string();
-    phase.store(1, Ordering::Relaxed);
+    let injecting = Instant::now();
     match fault {
         Fault::Kill => run(Command::new("docker").args(["kill", "--signal", "KILL", &container])),
         Fault::Partition => run(Command::new("docker").args([
@@ -557,6 +577,13 @@ async fn fault(h: &Harness, fault: Fault) {
         ])),
     }
     .expect("inject the fault");
+    // Phase 1 starts once the fault is in place (the docker command itself
+    // can take seconds on a busy box; requests meanwhile count as before).
+    phase.store(1, Ordering::Relaxed);
+    eprintln!(
+        "{fault:?}: injected in {:.1}s",
+        injecting.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(match fault {
         Fault::Kill => KILL_DOWN,
         Fault::Partition => PARTITION_DOWN,
@@ -574,13 +601,15 @@ async fn fault(h: &Harness, fault: Fault) {
         ])),
     }
     .expect("repair");
+    // Phase 2 (repair and after) from the moment the repair is done: a
+    // restarted node's owners see 503 `not_ready` while it recovers.
+    phase.store(2, Ordering::Relaxed);
     let repaired = Instant::now();
     tokio::task::block_in_place(|| h.project.wait_healthy(victim));
     eprintln!(
         "{fault:?}: {victim} healthy {:.1}s after repair",
         repaired.elapsed().as_secs_f64()
     );
-    phase.store(2, Ordering::Relaxed);
     tokio::time::sleep(FAULT_AFTER).await;
     stop.store(true, Ordering::Relaxed);
     let mut total = Seen {
