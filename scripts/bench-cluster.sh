@@ -31,7 +31,7 @@ PROXIED="$PROJECT-bench-single-nginx"
 PROXIED_IP="$SUBNET.21"
 OUT="$(mktemp -d /tmp/countiq-bench-cluster.XXXXXX)"
 
-cleanup() { docker rm -f "$SINGLE" "$PROXIED" >/dev/null 2>&1 || true; rm -rf "$OUT/conf"; }
+cleanup() { docker rm -f -v "$SINGLE" "$PROXIED" >/dev/null 2>&1 || true; rm -rf "$OUT/conf"; }
 cleanup
 trap cleanup EXIT
 docker run -d --rm --name "$SINGLE" --network "${PROJECT}_countiq" --ip "$SINGLE_IP" \
