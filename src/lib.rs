@@ -11,6 +11,7 @@
 //! - `http`: `fn app(state) -> Router`, strict extractors, `ApiError`.
 //! - `auth`: bearer tokens: own HS256 secrets (with rotation), an identity
 //!   provider's JWKS, and the owner-claim mapping.
+//! - `cluster`: the membership file, the owner ring (nginx's ketama), the proxy config, the data-dir guard.
 //! - `node`: a running node without transport: recovery, log writer, registry, checkpointer.
 //! - `server`: the accept loop, production layers, graceful shutdown.
 //! - `telemetry`: the Prometheus recorder and request metrics.
@@ -19,6 +20,7 @@
 pub mod actor;
 pub mod alloc_count;
 pub mod auth;
+pub mod cluster;
 pub mod domain;
 pub mod http;
 pub mod node;

@@ -15,6 +15,7 @@ use countiq::auth::{
     load_secret, load_secrets_file, owner_for, AuthConfig, JwksSource, OwnKeys, OwnerMapping,
     ProviderConfig, Verifier,
 };
+use countiq::cluster::{nginx_config, Cluster, ProxyOptions, OWNER_JS};
 use countiq::domain::OwnerId;
 use countiq::node::NodeConfig;
 use countiq::server::{serve_with, shutdown_signal, ServeConfig, Stopped};
@@ -40,13 +41,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API on the embedded store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a bearer token (HS256 JWT) for an owner.
     Token(TokenArgs),
     /// Print the owner id that an identity provider's claim value maps to.
     OwnerId(OwnerIdArgs),
     /// Drive load against a running server and check correctness at the end.
     Load(countiq_load::LoadArgs),
+    /// Cluster tools: the proxy configuration from the cluster file.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Inspect a data directory's log and snapshots (read-only).
     Wal {
         #[command(subcommand)]
@@ -84,6 +90,24 @@ impl From<Fsync> for FsyncPolicy {
             Fsync::Never => FsyncPolicy::Never,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print the nginx configuration (a conf.d file) that routes each owner
+    /// to the node holding it, with the reasons for its settings.
+    ProxyConfig {
+        #[arg(long, env = "COUNTIQ_CLUSTER")]
+        cluster: PathBuf,
+        /// Port nginx listens on.
+        #[arg(long, default_value_t = 8080)]
+        listen_port: u16,
+        /// Where owner.js is installed in the nginx image.
+        #[arg(long, default_value = "/etc/nginx/countiq/owner.js")]
+        js_path: String,
+    },
+    /// Print the njs script that extracts the owner from the bearer token.
+    OwnerJs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -284,6 +308,13 @@ struct ServeArgs {
     /// of its own on top of these.
     #[arg(long, env = "COUNTIQ_WORKER_THREADS", default_value_t = 0)]
     worker_threads: usize,
+    /// Cluster file (node ids and addresses): serve only the owners the
+    /// ring gives this node, 421 for the others.
+    #[arg(long, env = "COUNTIQ_CLUSTER", requires = "node_id")]
+    cluster: Option<PathBuf>,
+    /// This node's id in the cluster file.
+    #[arg(long, env = "COUNTIQ_NODE_ID", requires = "cluster")]
+    node_id: Option<String>,
 }
 
 fn parse_ttl(raw: &str) -> Result<Duration, String> {
@@ -321,10 +352,11 @@ struct TokenArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => run_serve(args),
+        Command::Serve(args) => run_serve(*args),
         Command::Token(args) => run_token(args),
         Command::OwnerId(args) => run_owner_id(args),
         Command::Load(args) => run_load(args),
+        Command::Cluster { command } => run_cluster(command),
         Command::Wal { command } => run_wal(command),
     };
     match result {
@@ -367,6 +399,10 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         own,
         provider: args.provider.config()?,
     })?;
+    let placement = match (&args.cluster, &args.node_id) {
+        (Some(path), Some(id)) => Some(Cluster::load(path)?.placement(id)?),
+        _ => None,
+    };
     let mut node = NodeConfig::new(&args.secret.data_dir);
     node.fsync = args.fsync.into();
     node.segment_bytes = args.segment_bytes;
@@ -387,7 +423,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data_dir = %args.secret.data_dir.display(), fsync = ?args.fsync, "listening");
         let config = ServeConfig { addr, node, jwt_secret: Vec::new() };
-        match serve_with(config, auth, listener, shutdown_signal()).await? {
+        match serve_with(config, auth, placement, listener, shutdown_signal()).await? {
             Stopped::Gracefully => Ok(ExitCode::SUCCESS),
             Stopped::LogFailed(_) => Ok(ExitCode::from(2)),
         }
@@ -411,6 +447,24 @@ fn run_load(args: countiq_load::LoadArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn run_cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ClusterCommand::ProxyConfig {
+            cluster,
+            listen_port,
+            js_path,
+        } => {
+            let options = ProxyOptions {
+                listen_port,
+                js_path,
+            };
+            print!("{}", nginx_config(&Cluster::load(&cluster)?, &options));
+        }
+        ClusterCommand::OwnerJs => print!("{OWNER_JS}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_wal(command: WalCommand) -> anyhow::Result<ExitCode> {

@@ -27,6 +27,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::actor::SystemClock;
 use crate::auth::Verifier;
+use crate::cluster::{self, Placement};
 use crate::http::{app, AppState};
 use crate::node::{Node, NodeConfig, NodeError};
 use crate::telemetry;
@@ -59,6 +60,9 @@ pub enum Stopped {
 pub enum ServeError {
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// The data directory belongs to another cluster membership.
+    #[error(transparent)]
+    Cluster(#[from] cluster::GuardError),
 }
 
 /// Run until `shutdown` resolves (in the binary: SIGTERM or Ctrl-C) or the
@@ -69,26 +73,56 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Stopped, ServeError> {
     let auth = Verifier::new(&config.jwt_secret);
-    serve_with(config, auth, listener, shutdown).await
+    serve_with(config, auth, None, listener, shutdown).await
+}
+
+/// `serve` as one node of a cluster (`Some`): owners it does not hold are
+/// answered 421, and it refuses to start over a data directory written
+/// under another membership (`cluster::check_data_dir`).
+pub async fn serve_in_cluster(
+    config: ServeConfig,
+    cluster: Option<Placement>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Stopped, ServeError> {
+    let auth = Verifier::new(&config.jwt_secret);
+    serve_with(config, auth, cluster, listener, shutdown).await
 }
 
 /// `serve` with any token verifier (own secrets with rotation, an identity
-/// provider); `config.jwt_secret` is not used. The verifier's key refresh
-/// runs until shutdown.
+/// provider; `config.jwt_secret` is then not used) and, if `cluster` is
+/// given, as one node of a cluster. The verifier's key refresh runs until
+/// shutdown.
 pub async fn serve_with(
     config: ServeConfig,
     auth: Verifier,
+    cluster: Option<Placement>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Stopped, ServeError> {
     telemetry::install();
     crate::http::request_metrics::register();
     let state = AppState::new(auth.clone());
+    if let Some(placement) = &cluster {
+        state.set_cluster(placement.clone());
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     auth.spawn_refresh(stop_rx.clone());
     let http = tokio::spawn(accept_loop(listener, app(state.clone()), stop_rx.clone()));
 
+    let data_dir = config.node.data_dir.clone();
     let node = Node::open(config.node, Box::new(SystemClock)).await?;
+    // Before readiness: nothing has been served from this data yet. On a
+    // refusal, close what was opened (the listener, the log and its lock;
+    // the final snapshot holds the recovered state unchanged) and fail.
+    if let Err(refused) =
+        cluster::check_data_dir(&data_dir, cluster.as_ref(), &node.registry().owners())
+    {
+        let _ = stop_tx.send(true);
+        let _ = http.await;
+        node.shutdown().await?;
+        return Err(refused.into());
+    }
     state.set_ready(node.registry().clone());
     tokio::spawn(telemetry::sample_registry(node.registry().clone(), stop_rx));
     tracing::info!(addr = %config.addr, "ready");

@@ -73,7 +73,7 @@ async fn rotated_secrets_all_verify_on_the_routes_until_removed() {
                 node: common::node_config(&path),
                 jwt_secret: Vec::new(),
             };
-            let task = tokio::spawn(serve_with(config, auth, listener, async move {
+            let task = tokio::spawn(serve_with(config, auth, None, listener, async move {
                 let _ = stopped.await;
             }));
             (format!("http://{addr}"), stop, task)

@@ -169,7 +169,7 @@ impl Node {
             jwt_secret: Vec::new(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_with(config, auth, listener, async move {
+        let task = tokio::spawn(serve_with(config, auth, None, listener, async move {
             let _ = stopped.await;
         }));
         Node {

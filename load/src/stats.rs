@@ -116,7 +116,10 @@ impl Stats {
     fn on_reply(&mut self, plan: &Plan, op: &Op, reply: &Reply) {
         match reply.status {
             200 | 201 => self.on_success(plan, op, reply),
-            503 => self.count_error_code(reply),
+            // 503 (overloaded, not ready) and 421 (misdirected: another node
+            // of a cluster holds the owner) are refused before anything is
+            // applied: counted, not acknowledged, not unknown.
+            503 | 421 => self.count_error_code(reply),
             // Any other 5xx may come after the transition was applied.
             500..=599 => {
                 self.count_error_code(reply);
@@ -309,6 +312,24 @@ mod tests {
         assert_eq!(s.by_error_code.get("overloaded"), Some(&1));
         assert_eq!(s.by_failure.get("connect"), Some(&1));
         assert_eq!(s.replies, 3);
+    }
+
+    #[test]
+    fn misdirected_is_not_applied_and_a_proxy_502_is_unknown() {
+        // A 421 (another node of a cluster holds the owner) is refused before
+        // anything runs; nginx's 502 may come after the node applied it.
+        let s = recorded(vec![
+            (patch(5), reply(421, r#"{"error":"misdirected_owner"}"#)),
+            (
+                patch(-3),
+                reply(502, r#"{"error":"owner_node_unreachable"}"#),
+            ),
+        ]);
+        assert_eq!(s.tallies[0].acked, 0);
+        assert_eq!(s.tallies[0].expected_range(10), (7, 10));
+        assert_eq!(s.unknown_outcomes, 1);
+        assert_eq!(s.by_error_code.get("misdirected_owner"), Some(&1));
+        assert_eq!(s.by_error_code.get("owner_node_unreachable"), Some(&1));
     }
 
     #[test]

@@ -225,6 +225,14 @@ impl Registry {
         stats
     }
 
+    /// Every owner known (after recovery: every owner the data holds).
+    pub fn owners(&self) -> Vec<OwnerId> {
+        self.all_slots()
+            .into_iter()
+            .map(|(owner, _)| owner)
+            .collect()
+    }
+
     /// (owners known, actors running).
     pub fn counts(&self) -> (usize, usize) {
         let slots = self.all_slots();

@@ -18,6 +18,8 @@ use crate::domain::Rejection;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 /// Retry-After for 503s: the mailbox drains in well under a second.
 const RETRY_AFTER_SECS: u64 = 1;
+/// On a 421: `<node id> <ip:port>` of the node that holds the owner.
+pub const OWNER_NODE_HEADER: &str = "countiq-owner-node";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -47,6 +49,9 @@ pub enum ApiError {
     NotReadyBecause(String),
     /// The log failed; the outcome of this request is unknown.
     Unavailable,
+    /// 421 `misdirected_owner`: another node of the cluster holds this
+    /// owner; nothing was applied or stored here.
+    Misdirected(crate::cluster::Misdirected),
     Internal,
 }
 
@@ -106,6 +111,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the node cannot make writes durable; the outcome of this request is unknown".into(),
+            ),
+            Misdirected(m) => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected_owner",
+                format!("this owner is held by node {}; send it there (header {OWNER_NODE_HEADER})", m.node_id),
             ),
             Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into()),
         }
@@ -181,6 +191,20 @@ impl IntoResponse for ApiError {
             // another request: say so, or a client may reuse it and fail.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let ApiError::Misdirected(m) = &self {
+            // The answer depends on the cluster file, not on the resource:
+            // no cache may keep it past a membership change.
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let Ok(v) = HeaderValue::from_str(&format!("{} {}", m.node_id, m.addr)) {
+                headers.insert(OWNER_NODE_HEADER, v);
+            }
+        }
         response
+    }
+}
+
+impl From<crate::cluster::Misdirected> for ApiError {
+    fn from(m: crate::cluster::Misdirected) -> Self {
+        ApiError::Misdirected(m)
     }
 }

@@ -126,6 +126,9 @@ impl FromRequestParts<AppState> for Owner {
             .verify_header(value)
             .map_err(ApiError::Unauthorized)?;
         tracing::Span::current().record("owner", owner.as_str());
+        // After authentication, before the body, the key or the actor: a
+        // misdirected request applies and stores nothing (421).
+        state.check_owner(&owner)?;
         Ok(Owner(owner))
     }
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 use axum::routing::{get, patch, post};
 use axum::Router;
 
-pub use error::{ApiError, PROBLEM_JSON};
+pub use error::{ApiError, OWNER_NODE_HEADER, PROBLEM_JSON};
 pub use json::LSN;
 pub use state::AppState;
 

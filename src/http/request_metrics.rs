@@ -39,7 +39,7 @@ const METHODS: [&str; 8] = [
 ];
 const METHOD_COUNT: usize = METHODS.len();
 
-const STATUSES: [(u16, &str); 17] = [
+const STATUSES: [(u16, &str); 18] = [
     (200, "200"),
     (201, "201"),
     (204, "204"),
@@ -52,6 +52,7 @@ const STATUSES: [(u16, &str); 17] = [
     (412, "412"),
     (413, "413"),
     (415, "415"),
+    (421, "421"),
     (422, "422"),
     (429, "429"),
     (500, "500"),

@@ -21,6 +21,9 @@ struct StateInner {
     registry: OnceLock<Registry>,
     /// Cleared when the node stops taking writes (log failure, shutdown).
     accepting: AtomicBool,
+    /// Set when the node is one of a cluster: owners it does not hold are
+    /// answered 421 right after authentication.
+    cluster: OnceLock<crate::cluster::Placement>,
 }
 
 impl AppState {
@@ -30,6 +33,7 @@ impl AppState {
                 auth,
                 registry: OnceLock::new(),
                 accepting: AtomicBool::new(true),
+                cluster: OnceLock::new(),
             }),
         }
     }
@@ -37,6 +41,19 @@ impl AppState {
     /// Recovery finished: start serving `/items`.
     pub fn set_ready(&self, registry: Registry) {
         let _ = self.inner.registry.set(registry);
+    }
+
+    /// This node is one of a cluster (set before serving).
+    pub fn set_cluster(&self, placement: crate::cluster::Placement) {
+        let _ = self.inner.cluster.set(placement);
+    }
+
+    /// The cluster hook: Ok unless another node holds `owner` (421).
+    pub(crate) fn check_owner(&self, owner: &crate::domain::OwnerId) -> Result<(), ApiError> {
+        match self.inner.cluster.get() {
+            Some(placement) => Ok(placement.check_owner(owner)?),
+            None => Ok(()),
+        }
     }
 
     /// Stop serving `/items` (503 `not_ready`): log failure or shutdown.
