@@ -32,10 +32,11 @@
 //! - `report`   — `LoadReport`, its JSON form and `write_human`.
 
 mod args;
-mod check;
+pub mod check;
 mod client;
 pub mod contract;
 mod error;
+pub mod history;
 mod pacing;
 mod plan;
 mod report;
@@ -51,7 +52,8 @@ use std::sync::Arc;
 use rand::Rng;
 
 pub use args::{LoadArgs, Scenario};
-pub use check::ItemVerdict;
+pub use check::tally::ItemVerdict;
+pub use check::{check_history, write_verdict, Verdict, Violation};
 pub use error::LoadError;
 pub use report::{write_human, CheckReport, LatencyUs, LoadReport};
 pub use token::{load_secret, mint, TOKEN_TTL};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::check::{judge, ItemVerdict};
+use crate::check::tally::{judge, ItemVerdict};
 use crate::plan::Plan;
 use crate::stats::Stats;
 

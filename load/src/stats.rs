@@ -9,7 +9,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 
-use crate::check::ItemTally;
+use crate::check::tally::ItemTally;
 use crate::client::{Failure, Reply};
 use crate::plan::{Op, Plan};
 
@@ -271,6 +271,8 @@ mod tests {
         Ok(Reply {
             status,
             body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            lsn: None,
+            replayed: false,
         })
     }
 

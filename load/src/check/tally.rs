@@ -1,4 +1,4 @@
-//! The correctness check: after the run, every item's quantity must equal its
+//! The final-quantity check: after the run, every item's quantity must equal its
 //! start quantity plus the deltas the server acknowledged (200).
 //!
 //! A request that got no reply (timeout, connection error, 5xx other than
