@@ -41,6 +41,8 @@ enum Command {
     Token(TokenArgs),
     /// Drive load against a running server and check correctness at the end.
     Load(countiq_load::LoadArgs),
+    /// Check a history written by `countiq load --history FILE` for linearizability.
+    Check(countiq_load::CheckArgs),
     /// Inspect a data directory's log and snapshots (read-only).
     Wal {
         #[command(subcommand)]
@@ -164,6 +166,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_serve(args),
         Command::Token(args) => run_token(args),
         Command::Load(args) => run_load(args),
+        Command::Check(args) => countiq_load::check_file(&args, &mut std::io::stdout().lock())
+            .map(exit)
+            .map_err(Into::into),
         Command::Wal { command } => run_wal(command),
     };
     match result {
@@ -235,12 +240,16 @@ fn run_load(args: countiq_load::LoadArgs) -> anyhow::Result<ExitCode> {
     } else {
         countiq_load::write_human(&mut std::io::stdout().lock(), &report)?;
     }
-    // Exit 1 when the correctness check failed, so scripts notice.
-    Ok(if report.ok() {
+    // Exit 1 when a correctness check failed, so scripts notice.
+    Ok(exit(report.ok()))
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 fn run_wal(command: WalCommand) -> anyhow::Result<ExitCode> {

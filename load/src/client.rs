@@ -102,6 +102,11 @@ impl Client {
         }
     }
 
+    /// This client's default timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The socket address this client dials.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.target.addr

@@ -10,7 +10,14 @@
 use std::io::{self, BufRead, Write};
 use std::path::Path;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::client::{self, Client, Extra, Failure};
 
 /// Most records one run keeps in memory (about 200 bytes each); the run
 /// stops taking new requests once it has recorded this many.
@@ -45,6 +52,9 @@ pub struct Record {
     /// For a replay sent to resolve an unknown outcome: that record's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolves: Option<u64>,
+    /// Open loop: the intended send time (latency is counted from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intended_ns: Option<u64>,
 }
 
 /// The request of one attempt (ids are the server's item ids).
@@ -172,6 +182,85 @@ pub(crate) fn reply_from(status: u16, body: &[u8], lsn: Option<u64>, replayed: b
         reply.items.extend(b.items.unwrap_or_default());
     }
     reply
+}
+
+/// The run's clock and record ids, shared by every client.
+pub(crate) struct Recorder {
+    /// Time 0 of `invoke_ns` / `complete_ns`.
+    pub origin: Instant,
+    /// Whether records are kept at all (`--history`, `--check`, `--report`).
+    pub on: bool,
+    next_id: AtomicU64,
+}
+
+/// One request to send and record.
+pub(crate) struct Attempt<'a> {
+    pub client: u32,
+    pub owner: &'a str,
+    pub token: &'a HeaderValue,
+    pub req: &'a Req,
+    pub key: Option<String>,
+    pub timeout: Duration,
+    pub resolves: Option<u64>,
+    pub intended: Option<Instant>,
+}
+
+impl Recorder {
+    pub fn new(on: bool) -> Self {
+        Recorder {
+            origin: Instant::now(),
+            on,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Monotonic ns since the origin.
+    pub fn ns(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Sends `a` on `client`; returns the reply (or failure), when it was
+    /// sent and answered, and its record when recording. A failed connect
+    /// sent nothing and is not recorded.
+    pub async fn send(
+        &self,
+        client: &mut Client,
+        a: Attempt<'_>,
+    ) -> (
+        Result<client::Reply, Failure>,
+        Instant,
+        Instant,
+        Option<Record>,
+    ) {
+        let (method, path, body, if_match) = crate::plan::encode_req(a.req);
+        let extra = Extra {
+            key: a.key.clone(),
+            if_match,
+        };
+        let sent = Instant::now();
+        let result = client
+            .request_with(method, &path, a.token, body, &extra, a.timeout)
+            .await;
+        let done = Instant::now();
+        let record = (self.on && !matches!(result, Err(Failure::Connect))).then(|| Record {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            client: a.client,
+            owner: a.owner.to_string(),
+            invoke_ns: self.ns(sent),
+            complete_ns: result.is_ok().then(|| self.ns(done)),
+            key: a.key,
+            request: a.req.clone(),
+            outcome: match &result {
+                Ok(r) => Outcome::Reply(reply_from(r.status, &r.body, r.lsn, r.replayed)),
+                Err(f) => Outcome::Unknown {
+                    unknown: f.name().to_string(),
+                },
+            },
+            resolves: a.resolves,
+            intended_ns: a.intended.map(|t| self.ns(t)),
+        });
+        (result, sent, done, record)
+    }
 }
 
 /// Writes records as JSON lines.

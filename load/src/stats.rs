@@ -141,6 +141,9 @@ impl Stats {
             return;
         }
         self.unknown_outcomes += 1;
+        if let Op::Put { item, .. } = op {
+            self.tallies[*item].overwritten = true;
+        }
         for (item, delta) in op.net_deltas() {
             self.tallies[item].unknown(delta);
         }
@@ -164,6 +167,12 @@ impl Stats {
                 match serde_json::from_slice::<TxnView>(&reply.body) {
                     Ok(txn) => txn.items.iter().for_each(|view| self.check_qty(view)),
                     Err(e) => self.malformed(format!("transaction reply: {e}")),
+                }
+            }
+            Op::Put { item, .. } => {
+                self.tallies[*item].overwritten = true;
+                if let Some(view) = self.parse_item(reply) {
+                    self.check_qty(&view);
                 }
             }
             Op::Get { .. } | Op::Create { .. } => {

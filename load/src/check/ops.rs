@@ -224,6 +224,7 @@ mod tests {
                 },
             },
             resolves: None,
+            intended_ns: None,
         }
     }
 

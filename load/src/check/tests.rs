@@ -61,6 +61,7 @@ fn rec(
             Outcome::Reply,
         ),
         resolves: None,
+        intended_ns: None,
     }
 }
 
