@@ -53,6 +53,8 @@ pub struct Stub {
     mode: Mode,
     /// Applied PATCH/PUT wait up to this long (random) before replying.
     pub reply_delay_max: Duration,
+    /// Every PATCH first busy-waits this long (a known service time).
+    pub service_busy: Duration,
     store: Mutex<Store>,
     stale: Mutex<HashMap<String, Item>>,
 }
@@ -196,6 +198,10 @@ async fn adjust(
     headers: HeaderMap,
     Json(d): Json<Delta>,
 ) -> Response {
+    let busy = std::time::Instant::now();
+    while busy.elapsed() < s.service_busy {
+        std::hint::spin_loop();
+    }
     let tag = if_match(&headers);
     let mut late: Option<Item> = None;
     let (status, body, lsn, replayed) = s.decide(&headers, |store| {
@@ -279,9 +285,15 @@ async fn healthz() -> Json<Value> {
 
 /// Starts a stub on 127.0.0.1:0; returns its URL.
 pub async fn start(mode: Mode, reply_delay_max: Duration) -> String {
+    start_with(mode, reply_delay_max, Duration::ZERO).await
+}
+
+/// As `start`, with a busy service time for every PATCH.
+pub async fn start_with(mode: Mode, reply_delay_max: Duration, service_busy: Duration) -> String {
     let stub = Arc::new(Stub {
         mode,
         reply_delay_max,
+        service_busy,
         store: Mutex::new(Store::default()),
         stale: Mutex::new(HashMap::new()),
     });
