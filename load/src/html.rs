@@ -68,6 +68,11 @@ fn per_second(records: &[Record]) -> Vec<(f64, u64, u64, u64, u64)> {
         }
         seconds[s].saturating_record(us.max(1));
     }
+    // The last second is partial (the run ends inside it): leave it out
+    // when there are whole ones, so the plot does not show a false drop.
+    if seconds.len() > 1 {
+        seconds.pop();
+    }
     seconds
         .iter()
         .enumerate()
@@ -276,7 +281,7 @@ fn chart(
     let sy =
         |y: f64| PLOT_H - MARGIN_B - (tf(y, y_log) - y0) / (y1 - y0) * (PLOT_H - MARGIN_B - 10.0);
     let mut svg = format!(
-        "<h2>{}</h2><svg id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{PLOT_W}\" height=\"{PLOT_H}\" viewBox=\"0 0 {PLOT_W} {PLOT_H}\">",
+        "<h2>{}</h2><svg id=\"{id}\" width=\"{PLOT_W}\" height=\"{PLOT_H}\" viewBox=\"0 0 {PLOT_W} {PLOT_H}\">",
         esc(title)
     );
     let _ = write!(
@@ -287,6 +292,7 @@ fn chart(
     );
     for i in 0..=4 {
         let f = f64::from(i) / 4.0;
+        let anchor = if i == 4 { "end" } else { "middle" };
         let (xv, yv) = (x0 + f * (x1 - x0), y0 + f * (y1 - y0));
         let (xt, yt) = (
             if x_log { 10f64.powf(xv) } else { xv },
@@ -299,7 +305,7 @@ fn chart(
         };
         let _ = write!(
             svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" class=\"tick\" text-anchor=\"middle\">{x_text}</text>\
+            "<text x=\"{:.1}\" y=\"{:.1}\" class=\"tick\" text-anchor=\"{anchor}\">{x_text}</text>\
              <text x=\"{:.1}\" y=\"{:.1}\" class=\"tick\" text-anchor=\"end\">{:.0}</text>",
             sx(xt),
             PLOT_H - MARGIN_B + 16.0,
