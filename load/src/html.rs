@@ -52,6 +52,31 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// One second of the run, as the report's "over time" plots show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Second {
+    /// 1-based second of the run (by completion time).
+    pub second: u64,
+    pub replies: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// The per-second figures (for `--json`); empty when nothing was recorded.
+pub(crate) fn timeline(records: &[Record]) -> Vec<Second> {
+    per_second(records)
+        .into_iter()
+        .map(|(s, replies, p50_us, p99_us, max_us)| Second {
+            second: s as u64,
+            replies,
+            p50_us,
+            p99_us,
+            max_us,
+        })
+        .collect()
+}
+
 /// Per second of the run: replies, p50, p99, max latency (µs).
 fn per_second(records: &[Record]) -> Vec<(f64, u64, u64, u64, u64)> {
     let start = records

@@ -40,7 +40,7 @@ mod client;
 pub mod contract;
 mod error;
 pub mod history;
-mod html;
+pub mod html;
 mod pacing;
 mod plan;
 mod report;
@@ -147,7 +147,8 @@ pub async fn run(args: LoadArgs) -> Result<LoadReport, LoadError> {
         command: command_line(),
         server_version,
     };
-    let report = report::build(facts, &plan, stats, &finals, verdict);
+    let mut report = report::build(facts, &plan, stats, &finals, verdict);
+    report.timeline = html::timeline(&records);
     if let Some(path) = &args.report {
         html::write(path, &report, &records).map_err(|source| LoadError::History {
             path: path.clone(),

@@ -83,6 +83,9 @@ pub struct LoadReport {
     pub command: String,
     /// `GET /healthz`'s `version`, when the server states one.
     pub server_version: Option<String>,
+    /// Per second (recorded runs: `--history`, `--check`, `--report`):
+    /// replies and latency, the figures of the report's plots.
+    pub timeline: Vec<crate::html::Second>,
 }
 
 impl LoadReport {
@@ -142,6 +145,7 @@ pub(crate) fn build(
         history_check,
         command: facts.command,
         server_version: facts.server_version,
+        timeline: Vec::new(),
     }
 }
 

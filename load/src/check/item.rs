@@ -612,16 +612,16 @@ impl Timing<'_> {
 
     /// Earliest points; on failure the two operations that conflict.
     fn feasible(&self, b: &Bounds) -> Result<(), ItemResult> {
-        let mut t: Option<(u128, usize, u64)> = None; // (point, source op, source version)
+        let mut t: Option<(u128, usize)> = None; // (point, the op whose bound set it)
         for (i, (&(lo, lo_op), &(hi, hi_op))) in b.lo.iter().zip(&b.hi).enumerate() {
             let v = self.base + 1 + i as u64;
-            let carried = t.map(|(p, s, sv)| (p + 1, s, sv));
+            let carried = t.map(|(p, s)| (p + 1, s));
             let point = match carried {
                 Some(c) if c.0 > lo => c,
-                _ => (lo, lo_op, v),
+                _ => (lo, lo_op),
             };
             if point.0 > hi {
-                return Err(self.order_violation(point.1, point.2, hi_op, v));
+                return Err(self.order_violation(point.1, hi_op, v));
             }
             t = Some(point);
         }
@@ -699,7 +699,7 @@ impl Timing<'_> {
         )
     }
 
-    fn order_violation(&self, late_op: usize, late_v: u64, early_op: usize, v: u64) -> ItemResult {
+    fn order_violation(&self, late_op: usize, early_op: usize, v: u64) -> ItemResult {
         let (late, early) = (&self.all[late_op], &self.all[early_op]);
         let early_done = early.ret.unwrap_or(u64::MAX);
         let expected = match &late.res {
@@ -718,8 +718,12 @@ impl Timing<'_> {
             "real_time_order",
             self.item,
             format!(
-                "op {} completed at {early_done} ns, before op {} was invoked at {} ns, yet the order of versions puts the later one at or before version {v} (it is at version {late_v})",
-                early.records[0].id, late.records[0].id, late.inv
+                "op {} completed at {early_done} ns, before op {} was invoked at {} ns, yet the versions order the later one first ({} / {})",
+                early.records[0].id,
+                late.records[0].id,
+                late.inv,
+                super::describe_res(&early.res),
+                super::describe_res(&late.res)
             ),
             expected,
             &[early_op, late_op],

@@ -143,6 +143,14 @@ fn a_stale_read_is_caught_with_its_counter_example() {
     let viol = &v.violations[0];
     assert_eq!(viol.ops.len(), 2, "{viol:#?}");
     assert!(viol.expected.contains("version 2"), "{viol:#?}");
+    let mut text = Vec::new();
+    write_verdict(&mut text, &v).expect("write to a Vec");
+    let text = String::from_utf8(text).expect("utf-8");
+    assert!(
+        text.contains("NOT LINEARIZABLE") && text.contains("    expected: "),
+        "{text}"
+    );
+    eprintln!("{text}");
     // Concurrent with the write, the old state is a legal answer.
     let concurrent = [
         create(5),
