@@ -53,6 +53,8 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Check a history written by `countiq load --history FILE` for linearizability.
+    Check(countiq_load::CheckArgs),
     /// Inspect a data directory's log and snapshots (read-only).
     Wal {
         #[command(subcommand)]
@@ -357,6 +359,9 @@ fn main() -> ExitCode {
         Command::OwnerId(args) => run_owner_id(args),
         Command::Load(args) => run_load(args),
         Command::Cluster { command } => run_cluster(command),
+        Command::Check(args) => countiq_load::check_file(&args, &mut std::io::stdout().lock())
+            .map(exit)
+            .map_err(Into::into),
         Command::Wal { command } => run_wal(command),
     };
     match result {
@@ -441,12 +446,16 @@ fn run_load(args: countiq_load::LoadArgs) -> anyhow::Result<ExitCode> {
     } else {
         countiq_load::write_human(&mut std::io::stdout().lock(), &report)?;
     }
-    // Exit 1 when the correctness check failed, so scripts notice.
-    Ok(if report.ok() {
+    // Exit 1 when a correctness check failed, so scripts notice.
+    Ok(exit(report.ok()))
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 fn run_cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {

@@ -35,6 +35,15 @@ pub enum Scenario {
     Mixed,
     /// Hot owner: POST /transactions with `--batch` ops over `--items` items.
     Transactions,
+    /// Hot owner: each client alternates PATCH and a GET of the same item.
+    ReadYourWrites,
+    /// Hot owner: each client GETs an item, then PUTs it with `If-Match`.
+    ContendedPut,
+    /// Hot owner: every client's n-th request creates the same name.
+    RacingCreates,
+    /// Hot owner: keyed PATCHes, `--inject-timeout-pct` of them with the
+    /// client timeout `--inject-timeout`, retried with the same key.
+    IdempotentRetries,
 }
 
 impl Scenario {
@@ -45,6 +54,10 @@ impl Scenario {
             Scenario::Uniform => "uniform",
             Scenario::Mixed => "mixed",
             Scenario::Transactions => "transactions",
+            Scenario::ReadYourWrites => "read-your-writes",
+            Scenario::ContendedPut => "contended-put",
+            Scenario::RacingCreates => "racing-creates",
+            Scenario::IdempotentRetries => "idempotent-retries",
         }
     }
 }
@@ -125,9 +138,42 @@ pub struct LoadArgs {
     /// Allow a --url that does not resolve to loopback (127.0.0.0/8, ::1).
     #[arg(long)]
     pub allow_remote: bool,
+
+    /// Record every request as one JSON line in FILE (format: README,
+    /// "History"); every write then carries an Idempotency-Key, and unknown
+    /// outcomes are resolved at the end by replaying them with their keys.
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+
+    /// Check the recorded history for linearizability (implies recording;
+    /// the exit code is 1 when it fails).
+    #[arg(long)]
+    pub check: bool,
+
+    /// Write a self-contained HTML report to FILE (implies recording).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// idempotent-retries: the short client timeout injected.
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    pub inject_timeout: Duration,
+
+    /// idempotent-retries: percentage of requests sent with --inject-timeout.
+    #[arg(long, default_value_t = 20)]
+    pub inject_timeout_pct: u32,
+
+    /// Pace the open loop with tokio's timer alone (the old, late pacing;
+    /// kept to measure the difference side by side).
+    #[arg(long, hide = true)]
+    pub coarse_pacing: bool,
 }
 
 impl LoadArgs {
+    /// Whether the run keeps every request (history, check or report).
+    pub(crate) fn recording(&self) -> bool {
+        self.history.is_some() || self.check || self.report.is_some()
+    }
+
     /// Rejects values outside the named limits, with a message naming the flag.
     pub(crate) fn validate(&self) -> Result<(), LoadError> {
         check_range(
@@ -144,6 +190,13 @@ impl LoadArgs {
         check_range("--start-qty", self.start_qty, 0, JSON_INT_MAX)?;
         check_duration("--duration", self.duration, DURATION_MAX)?;
         check_duration("--timeout", self.timeout, TIMEOUT_MAX)?;
+        check_range(
+            "--inject-timeout-pct",
+            self.inject_timeout_pct.into(),
+            0,
+            100,
+        )?;
+        check_duration("--inject-timeout", self.inject_timeout, self.timeout)?;
         if self.requests == Some(0) {
             return Err(flag("--requests", "at least 1".into()));
         }
@@ -229,6 +282,8 @@ mod tests {
             ("--rate", "10000000", "10000001"),
             ("--rate", "0.5", "0"),
             ("--rate", "0.5", "NaN"),
+            ("--inject-timeout-pct", "100", "101"),
+            ("--inject-timeout", "5s", "6s"),
         ];
         for &(name, edge, beyond) in cases {
             // `--flag=value`, so that negative values parse as values.

@@ -53,7 +53,26 @@ impl Failure {
 pub(crate) struct Reply {
     pub status: u16,
     pub body: Bytes,
+    /// `CountIQ-LSN`: the owner-wide log sequence number of the record that
+    /// made a write durable (absent on reads, errors and older servers).
+    pub lsn: Option<u64>,
+    /// `Idempotent-Replayed: true`: this is a stored response replayed.
+    pub replayed: bool,
 }
+
+/// Optional request headers of the contract.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Extra {
+    /// `Idempotency-Key`.
+    pub key: Option<String>,
+    /// `If-Match: "<version>"`.
+    pub if_match: Option<u64>,
+}
+
+/// Response header carrying the owner-wide LSN (docs/API.md).
+pub(crate) const LSN_HEADER: &str = "countiq-lsn";
+/// Response header marking a replayed idempotent response.
+const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// A live connection; its driver task is aborted when dropped.
 struct Conn {
@@ -83,6 +102,11 @@ impl Client {
         }
     }
 
+    /// This client's default timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The socket address this client dials.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.target.addr
@@ -96,15 +120,43 @@ impl Client {
         token: &HeaderValue,
         body: Option<Bytes>,
     ) -> Result<Reply, Failure> {
-        let req = self.build(method, api_path, token, body);
         let timeout = self.timeout;
+        self.request_with(method, api_path, token, body, &Extra::default(), timeout)
+            .await
+    }
+
+    /// As `request`, with optional headers and this request's own timeout
+    /// (the scenarios inject short client timeouts).
+    pub async fn request_with(
+        &mut self,
+        method: Method,
+        api_path: &str,
+        token: &HeaderValue,
+        body: Option<Bytes>,
+        extra: &Extra,
+        timeout: Duration,
+    ) -> Result<Reply, Failure> {
+        let req = self.build(method, api_path, token, body, extra);
         let sender = self.ready_sender().await?;
         let exchange = async {
             let resp = sender.send_request(req).await.map_err(|_| Failure::Io)?;
             let status = resp.status().as_u16();
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let lsn = header(LSN_HEADER).and_then(|v| v.trim().parse().ok());
+            let replayed = header(REPLAYED_HEADER).is_some_and(|v| v.trim() == "true");
             let limited = Limited::new(resp.into_body(), RESPONSE_BYTES_MAX);
             let body = limited.collect().await.map_err(|_| Failure::Io)?.to_bytes();
-            Ok(Reply { status, body })
+            Ok(Reply {
+                status,
+                body,
+                lsn,
+                replayed,
+            })
         };
         let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
@@ -162,12 +214,19 @@ impl Client {
         api_path: &str,
         token: &HeaderValue,
         body: Option<Bytes>,
+        extra: &Extra,
     ) -> Request<Full<Bytes>> {
         let mut builder = Request::builder()
             .method(method)
             .uri(self.target.path(api_path))
             .header(HOST, self.target.authority.as_str())
             .header(AUTHORIZATION, token.clone());
+        if let Some(key) = &extra.key {
+            builder = builder.header("idempotency-key", key.as_str());
+        }
+        if let Some(version) = extra.if_match {
+            builder = builder.header(http::header::IF_MATCH, format!("\"{version}\""));
+        }
         if body.is_some() {
             builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }

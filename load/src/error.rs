@@ -83,4 +83,11 @@ pub enum LoadError {
     UnsafeId { id: String },
     #[error("setup: could not create item {name:?} in {NAME_ATTEMPTS_MAX} attempts")]
     NamesExhausted { name: String },
+    /// Writing or reading a history or report file.
+    #[error("{}", path.display())]
+    History {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }

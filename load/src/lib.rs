@@ -26,16 +26,21 @@
 //! - `plan`     — owners, items, and the next op for each scenario.
 //! - `pacing`   — open-loop schedule and coordinated-omission correction.
 //! - `stats`    — per-client counts, histogram, and check tallies.
-//! - `check`    — the final-quantity arithmetic, including unknown outcomes.
+//! - `history`  — the recorded history (`--history`): one JSON line per request.
+//! - `check`    — the final-quantity arithmetic (`check::tally`) and the
+//!   linearizability check of a history (per item, owner-wide by LSN, names).
+//! - `html`     — the self-contained HTML report (`--report`).
 //! - `setup`    — creating items before, reading them back after.
 //! - `worker`   — the measured phase and the progress line.
 //! - `report`   — `LoadReport`, its JSON form and `write_human`.
 
 mod args;
-mod check;
+pub mod check;
 mod client;
 pub mod contract;
 mod error;
+pub mod history;
+pub mod html;
 mod pacing;
 mod plan;
 mod report;
@@ -51,7 +56,8 @@ use std::sync::Arc;
 use rand::Rng;
 
 pub use args::{LoadArgs, Scenario};
-pub use check::ItemVerdict;
+pub use check::tally::ItemVerdict;
+pub use check::{check_history, write_verdict, Verdict, Violation};
 pub use error::LoadError;
 pub use report::{write_human, CheckReport, LatencyUs, LoadReport};
 pub use token::{load_secret, mint, TOKEN_TTL};
@@ -72,6 +78,8 @@ pub async fn run(args: LoadArgs) -> Result<LoadReport, LoadError> {
     let run_id = format!("{:016x}", rand::rng().random::<u64>());
     let owners = make_owners(&args, &run_id, &secret)?;
     let specs = Arc::new(item_specs(&args, &run_id));
+    let recorder = Arc::new(history::Recorder::new(args.recording()));
+    let server_version = setup::server_version(&target, args.timeout).await;
     let unfilled = Arc::new(Plan {
         scenario: args.scenario,
         owners,
@@ -82,13 +90,20 @@ pub async fn run(args: LoadArgs) -> Result<LoadReport, LoadError> {
         start_qty: args.start_qty,
         run_id,
     });
-    let items = setup::create_items(&target, args.timeout, unfilled.clone(), specs).await?;
+    let (items, mut records) = setup::create_items(
+        &target,
+        args.timeout,
+        unfilled.clone(),
+        specs,
+        recorder.clone(),
+    )
+    .await?;
     let plan = Arc::new(Plan {
         items,
         ..Plan::clone(&unfilled)
     });
 
-    let (stats, elapsed) = worker::drive(Drive {
+    let (stats, elapsed, measured) = worker::drive(Drive {
         plan: plan.clone(),
         target: target.clone(),
         timeout: args.timeout,
@@ -98,17 +113,86 @@ pub async fn run(args: LoadArgs) -> Result<LoadReport, LoadError> {
             .rate
             .map_or(Pacing::Closed, |rate| Pacing::Open { rate }),
         requests: args.requests,
-        progress: args.progress || std::io::stderr().is_terminal(),
+        progress: args.progress || (!args.json && std::io::stderr().is_terminal()),
+        wait: if args.coarse_pacing {
+            pacing::Wait::Coarse
+        } else {
+            pacing::Wait::Precise
+        },
+        recorder: recorder.clone(),
+        inject_timeout: args.inject_timeout,
+        inject_timeout_pct: args.inject_timeout_pct,
     })
     .await;
-    let finals = setup::read_final(&target, args.timeout, plan.clone()).await;
+    records.extend(measured);
+    let resolved =
+        worker::resolve_unknowns(&plan, &target, args.timeout, &recorder, &records).await;
+    records.extend(resolved);
+    let (finals, final_reads) =
+        setup::read_final(&target, args.timeout, plan.clone(), recorder.clone()).await;
+    records.extend(final_reads);
+    records.sort_by_key(|r| (r.invoke_ns, r.id));
+    if let Some(path) = &args.history {
+        history::write(path, &records).map_err(|source| LoadError::History {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let verdict = args.check.then(|| check::check_history(&records));
     let facts = report::RunFacts {
         url: args.url.clone(),
         connections: args.connections,
         target_rate: args.rate,
         elapsed,
+        command: command_line(),
+        server_version,
     };
-    Ok(report::build(facts, &plan, stats, &finals))
+    let mut report = report::build(facts, &plan, stats, &finals, verdict);
+    report.timeline = html::timeline(&records);
+    if let Some(path) = &args.report {
+        html::write(path, &report, &records).map_err(|source| LoadError::History {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(report)
+}
+
+/// The command line as run, for the report.
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Arguments of `countiq check FILE`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// A history written by `countiq load --history FILE`.
+    pub file: std::path::PathBuf,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `countiq check FILE`: reads a history, prints the verdict; Ok(true) when
+/// linearizable.
+pub fn check_file(args: &CheckArgs, out: &mut impl std::io::Write) -> Result<bool, LoadError> {
+    let records = history::read(&args.file).map_err(|source| LoadError::History {
+        path: args.file.clone(),
+        source,
+    })?;
+    let verdict = check::check_history(&records);
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut *out, &verdict)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        check::write_verdict(out, &verdict)
+    };
+    written.map_err(|source| LoadError::History {
+        path: args.file.clone(),
+        source,
+    })?;
+    Ok(verdict.linearizable)
 }
 
 /// One owner for the hot scenarios, `--owners` for `uniform`; each gets a
@@ -129,6 +213,7 @@ fn make_owners(
         .iter()
         .map(|name| {
             Ok(OwnerPlan {
+                name: name.clone(),
                 token: token::mint(secret, name)?,
             })
         })

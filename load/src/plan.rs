@@ -10,6 +10,7 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::args::Scenario;
+use crate::history::{Req, TxnOp};
 
 /// `mixed`: percentage of PATCH requests; the next `MIXED_GET_PCT` are GETs,
 /// the rest POST /items.
@@ -18,6 +19,8 @@ const MIXED_GET_PCT: u32 = 20;
 
 /// One owner namespace used by the run.
 pub(crate) struct OwnerPlan {
+    /// The owner id (the token's `sub`), as the history names it.
+    pub name: String,
     /// `Bearer <jwt>` for this owner.
     pub token: HeaderValue,
 }
@@ -29,6 +32,18 @@ pub(crate) struct ItemPlan {
     pub id: String,
     /// Index into `Plan::owners`.
     pub owner: usize,
+    /// The name it was created with (a PUT must repeat it).
+    pub name: String,
+}
+
+/// What one virtual client remembers between its requests (the scenarios
+/// that read, then act on what they read).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ClientMemory {
+    /// The item of this client's previous request.
+    pub last_item: usize,
+    /// The version this client last saw of `last_item`.
+    pub last_version: Option<u64>,
 }
 
 /// The immutable description of a run, shared by all clients. Cloning is
@@ -58,12 +73,23 @@ pub(crate) enum Op {
     Create { name: String },
     /// POST /transactions with `(item, delta)` ops.
     Txn { ops: Vec<(usize, i64)> },
+    /// PUT /items/{id} (same name, new qty), with `If-Match` when known.
+    Put {
+        item: usize,
+        qty: i64,
+        if_match: Option<u64>,
+    },
 }
 
 impl Op {
     /// Whether the op can change a checked item.
     pub fn mutates_checked_items(&self) -> bool {
-        matches!(self, Op::Patch { .. } | Op::Txn { .. })
+        matches!(self, Op::Patch { .. } | Op::Txn { .. } | Op::Put { .. })
+    }
+
+    /// Whether the op may carry an `Idempotency-Key`.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Op::Get { .. })
     }
 
     /// Net delta per checked item, for the unknown-outcome range. A
@@ -81,7 +107,7 @@ impl Op {
                 }
                 net
             }
-            Op::Get { .. } | Op::Create { .. } => Vec::new(),
+            Op::Get { .. } | Op::Create { .. } | Op::Put { .. } => Vec::new(),
         }
     }
 }
@@ -89,9 +115,28 @@ impl Op {
 impl Plan {
     /// Picks the next op for a client; `seq` numbers the client's requests
     /// (used for unique names).
-    pub fn next_op(&self, rng: &mut impl Rng, worker: u32, seq: u64) -> Op {
+    pub fn next_op(&self, rng: &mut impl Rng, worker: u32, seq: u64, memory: &ClientMemory) -> Op {
+        let even = seq % 2 == 0;
         match self.scenario {
-            Scenario::HotOwner | Scenario::Uniform => self.patch(rng),
+            Scenario::HotOwner | Scenario::Uniform | Scenario::IdempotentRetries => self.patch(rng),
+            // Write, then read the same item back on the same connection.
+            Scenario::ReadYourWrites if even => self.patch(rng),
+            Scenario::ReadYourWrites => Op::Get {
+                item: memory.last_item,
+            },
+            // Read, then replace conditionally on the version read.
+            Scenario::ContendedPut if even => Op::Get {
+                item: self.any_item(rng),
+            },
+            Scenario::ContendedPut => Op::Put {
+                item: memory.last_item,
+                qty: rng.random_range(0..=self.start_qty),
+                if_match: memory.last_version,
+            },
+            // Every client's n-th request creates the same name.
+            Scenario::RacingCreates => Op::Create {
+                name: format!("cq-{}-race-{seq}", self.run_id),
+            },
             Scenario::Mixed => match rng.random_range(0..100) {
                 p if p < MIXED_PATCH_PCT => self.patch(rng),
                 p if p < MIXED_PATCH_PCT + MIXED_GET_PCT => Op::Get {
@@ -124,40 +169,99 @@ impl Plan {
         rng.random_range(self.delta_min..=self.delta_max)
     }
 
-    /// Method, API path, owner index and JSON body of an op.
-    pub fn encode(&self, op: &Op) -> (Method, String, usize, Option<Bytes>) {
+    /// The op as the history records it (server ids), with its owner index.
+    pub fn to_req(&self, op: &Op) -> (Req, usize) {
+        let item = |i: usize| self.items[i].id.clone();
         match op {
-            Op::Patch { item, delta } => {
-                let it = &self.items[*item];
-                let body = json!({ "delta": delta }).to_string();
-                (
-                    Method::PATCH,
-                    format!("/items/{}/qty", it.id),
-                    it.owner,
-                    Some(body.into()),
-                )
-            }
-            Op::Get { item } => {
-                let it = &self.items[*item];
-                (Method::GET, format!("/items/{}", it.id), it.owner, None)
-            }
-            Op::Create { name } => {
-                let body = json!({ "name": name, "qty": 0 }).to_string();
-                (Method::POST, "/items".to_string(), 0, Some(body.into()))
-            }
-            Op::Txn { ops } => {
-                let owner = ops.first().map_or(0, |(item, _)| self.items[*item].owner);
-                let ops: Vec<_> = ops
-                    .iter()
-                    .map(|(item, delta)| json!({ "item": self.items[*item].id, "delta": delta }))
-                    .collect();
-                (
-                    Method::POST,
-                    "/transactions".to_string(),
-                    owner,
-                    Some(json!({ "ops": ops }).to_string().into()),
-                )
-            }
+            Op::Patch { item: i, delta } => (
+                Req::Patch {
+                    item: item(*i),
+                    delta: *delta,
+                    if_match: None,
+                },
+                self.items[*i].owner,
+            ),
+            Op::Get { item: i } => (Req::Get { item: item(*i) }, self.items[*i].owner),
+            Op::Create { name } => (
+                Req::Create {
+                    name: name.clone(),
+                    qty: 0,
+                },
+                0,
+            ),
+            Op::Put {
+                item: i,
+                qty,
+                if_match,
+            } => (
+                Req::Put {
+                    item: item(*i),
+                    name: self.items[*i].name.clone(),
+                    qty: *qty,
+                    if_match: *if_match,
+                },
+                self.items[*i].owner,
+            ),
+            Op::Txn { ops } => (
+                Req::Txn {
+                    ops: ops
+                        .iter()
+                        .map(|(i, delta)| TxnOp {
+                            item: item(*i),
+                            delta: *delta,
+                        })
+                        .collect(),
+                },
+                ops.first().map_or(0, |(i, _)| self.items[*i].owner),
+            ),
+        }
+    }
+}
+
+/// Method, API path, JSON body and `If-Match` version of a recorded request
+/// (used to replay it, with its idempotency key, when its outcome was unknown).
+pub(crate) fn encode_req(req: &Req) -> (Method, String, Option<Bytes>, Option<u64>) {
+    let body = |v: serde_json::Value| Some(Bytes::from(v.to_string()));
+    match req {
+        Req::Create { name, qty } => (
+            Method::POST,
+            "/items".into(),
+            body(json!({ "name": name, "qty": qty })),
+            None,
+        ),
+        Req::Get { item } => (Method::GET, format!("/items/{item}"), None, None),
+        Req::Put {
+            item,
+            name,
+            qty,
+            if_match,
+        } => (
+            Method::PUT,
+            format!("/items/{item}"),
+            body(json!({ "name": name, "qty": qty })),
+            *if_match,
+        ),
+        Req::Patch {
+            item,
+            delta,
+            if_match,
+        } => (
+            Method::PATCH,
+            format!("/items/{item}/qty"),
+            body(json!({ "delta": delta })),
+            *if_match,
+        ),
+        Req::Txn { ops } => {
+            let ops: Vec<_> = ops
+                .iter()
+                .map(|o| json!({ "item": o.item, "delta": o.delta }))
+                .collect();
+            (
+                Method::POST,
+                "/transactions".into(),
+                body(json!({ "ops": ops })),
+                None,
+            )
         }
     }
 }
@@ -171,10 +275,15 @@ impl Plan {
         let item = |id: &&str| ItemPlan {
             id: id.to_string(),
             owner: 0,
+            name: format!("name-{id}"),
         };
         Plan {
             scenario,
-            owners: vec![OwnerPlan { token }].into(),
+            owners: vec![OwnerPlan {
+                name: "o".into(),
+                token,
+            }]
+            .into(),
             items: ids.iter().map(item).collect(),
             delta_min: -2,
             delta_max: 3,
@@ -202,14 +311,14 @@ mod tests {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
         let (mut patch, mut get, mut create) = (0, 0, 0);
         for seq in 0..10_000 {
-            match p.next_op(&mut rng, 0, seq) {
+            match p.next_op(&mut rng, 0, seq, &ClientMemory::default()) {
                 Op::Patch { delta, .. } => {
                     assert!((-2..=3).contains(&delta));
                     patch += 1;
                 }
                 Op::Get { .. } => get += 1,
                 Op::Create { .. } => create += 1,
-                Op::Txn { .. } => panic!("no transactions in mixed"),
+                Op::Txn { .. } | Op::Put { .. } => panic!("no transactions or PUTs in mixed"),
             }
         }
         assert!((6_700..7_300).contains(&patch), "patch {patch}");
@@ -221,7 +330,7 @@ mod tests {
     fn transaction_has_batch_ops_and_net_deltas() {
         let p = plan(Scenario::Transactions);
         let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
-        let op = p.next_op(&mut rng, 0, 0);
+        let op = p.next_op(&mut rng, 0, 0, &ClientMemory::default());
         let Op::Txn { ops } = &op else {
             panic!("expected a transaction")
         };
@@ -231,7 +340,7 @@ mod tests {
             net_total,
             ops.iter().map(|(_, d)| i128::from(*d)).sum::<i128>()
         );
-        let (method, path, _, body) = p.encode(&op);
+        let (method, path, body, _) = encode_req(&p.to_req(&op).0);
         assert_eq!(method, Method::POST);
         assert_eq!(path, "/transactions");
         let v: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
@@ -241,7 +350,8 @@ mod tests {
     #[test]
     fn patch_encodes_delta_body() {
         let p = plan(Scenario::HotOwner);
-        let (method, path, owner, body) = p.encode(&Op::Patch { item: 1, delta: -1 });
+        let (req, owner) = p.to_req(&Op::Patch { item: 1, delta: -1 });
+        let (method, path, body, _) = encode_req(&req);
         assert_eq!(
             (method, path.as_str(), owner),
             (Method::PATCH, "/items/b/qty", 0)

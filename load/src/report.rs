@@ -8,7 +8,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::check::{judge, ItemVerdict};
+use crate::check::tally::{judge, ItemVerdict};
+use crate::check::{write_verdict, Verdict};
 use crate::plan::Plan;
 use crate::stats::Stats;
 
@@ -76,12 +77,21 @@ pub struct LoadReport {
     /// 503 `overloaded`.
     pub overloaded: u64,
     pub check: CheckReport,
+    /// `--check`: the linearizability verdict on the recorded history.
+    pub history_check: Option<Verdict>,
+    /// The command line as run.
+    pub command: String,
+    /// `GET /healthz`'s `version`, when the server states one.
+    pub server_version: Option<String>,
+    /// Per second (recorded runs: `--history`, `--check`, `--report`):
+    /// replies and latency, the figures of the report's plots.
+    pub timeline: Vec<crate::html::Second>,
 }
 
 impl LoadReport {
     /// Whether the correctness check passed (the process exit code follows this).
     pub fn ok(&self) -> bool {
-        self.check.passed
+        self.check.passed && self.history_check.as_ref().is_none_or(|v| v.linearizable)
     }
 }
 
@@ -91,6 +101,8 @@ pub(crate) struct RunFacts {
     pub connections: u32,
     pub target_rate: Option<f64>,
     pub elapsed: Duration,
+    pub command: String,
+    pub server_version: Option<String>,
 }
 
 /// Builds the report from the merged stats and the final quantities.
@@ -99,6 +111,7 @@ pub(crate) fn build(
     plan: &Plan,
     stats: Stats,
     finals: &[Option<i128>],
+    history_check: Option<Verdict>,
 ) -> LoadReport {
     let secs = facts.elapsed.as_secs_f64().max(f64::EPSILON);
     let code = |c: &str| stats.by_error_code.get(c).copied().unwrap_or(0);
@@ -129,6 +142,10 @@ pub(crate) fn build(
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
         check: check(plan, &stats, finals),
+        history_check,
+        command: facts.command,
+        server_version: facts.server_version,
+        timeline: Vec::new(),
     }
 }
 
@@ -218,7 +235,11 @@ pub fn write_human(out: &mut impl Write, r: &LoadReport) -> io::Result<()> {
             writeln!(out, "  {label:<11}  {}", join_counts(counts))?;
         }
     }
-    write_check(out, &r.check)
+    write_check(out, &r.check)?;
+    match &r.history_check {
+        Some(v) => write_verdict(out, v),
+        None => Ok(()),
+    }
 }
 
 fn write_check(out: &mut impl Write, c: &CheckReport) -> io::Result<()> {
@@ -278,8 +299,10 @@ mod tests {
             connections: 1,
             target_rate: None,
             elapsed: Duration::from_secs(1),
+            command: "countiq load".into(),
+            server_version: None,
         };
-        build(facts, &plan, stats, finals)
+        build(facts, &plan, stats, finals, None)
     }
 
     fn render(r: &LoadReport) -> String {

@@ -5,13 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Method;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::client::{Client, Failure, Reply};
 use crate::error::LoadError;
+use crate::history::{Attempt, Record, Recorder, Req, CLIENT_FINAL, CLIENT_SETUP};
 use crate::plan::{ItemPlan, Plan};
 use crate::target::Target;
 use crate::worker::join;
@@ -48,57 +46,85 @@ pub(crate) async fn create_items(
     timeout: Duration,
     plan: Arc<Plan>,
     specs: Arc<Vec<ItemSpec>>,
-) -> Result<Vec<ItemPlan>, LoadError> {
+    recorder: Arc<Recorder>,
+) -> Result<(Vec<ItemPlan>, Vec<Record>), LoadError> {
     let lanes = SETUP_CONNECTIONS_MAX.min(specs.len()).max(1);
     let mut tasks = Vec::with_capacity(lanes);
     for lane in 0..lanes {
         let (plan, specs, target) = (plan.clone(), specs.clone(), target.clone());
+        let recorder = recorder.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = Client::new(target, timeout);
             let mut made = Vec::new();
+            let mut records = Vec::new();
             for index in (lane..specs.len()).step_by(lanes) {
-                let id = create_one(&mut client, &plan, &specs[index]).await?;
+                let (id, name) =
+                    create_one(&mut client, &plan, &specs[index], &recorder, &mut records).await?;
                 made.push((
                     index,
                     ItemPlan {
                         id,
                         owner: specs[index].owner,
+                        name,
                     },
                 ));
             }
-            Ok::<_, LoadError>(made)
+            Ok::<_, LoadError>((made, records))
         }));
     }
     let mut slots: Vec<Option<ItemPlan>> = (0..specs.len()).map(|_| None).collect();
+    let mut all_records = Vec::new();
     for task in tasks {
-        for (index, item) in join(task).await? {
+        let (made, records) = join(task).await?;
+        for (index, item) in made {
             slots[index] = Some(item);
         }
+        all_records.extend(records);
     }
     // The lanes' indices cover 0..len, and every lane succeeded.
     let items = slots
         .into_iter()
         .map(|s| s.expect("every index has a lane"));
-    Ok(items.collect())
+    Ok((items.collect(), all_records))
 }
 
+/// Creates one item; returns its id and name. Only the attempt that
+/// created it is recorded (the others concern names no one uses).
 async fn create_one(
     client: &mut Client,
     plan: &Plan,
     spec: &ItemSpec,
-) -> Result<String, LoadError> {
-    let token = &plan.owners[spec.owner].token;
+    recorder: &Recorder,
+    records: &mut Vec<Record>,
+) -> Result<(String, String), LoadError> {
+    let owner = &plan.owners[spec.owner];
     for attempt in 0..NAME_ATTEMPTS_MAX {
         let name = if attempt == 0 {
             spec.name.clone()
         } else {
             format!("{}-r{attempt}", spec.name)
         };
-        let body = Bytes::from(json!({ "name": name, "qty": plan.start_qty }).to_string());
-        let reply = match client
-            .request(Method::POST, "/items", token, Some(body))
-            .await
-        {
+        let req = Req::Create {
+            name: name.clone(),
+            qty: plan.start_qty,
+        };
+        let sent = recorder
+            .send(
+                client,
+                Attempt {
+                    client: CLIENT_SETUP,
+                    owner: &owner.name,
+                    token: &owner.token,
+                    req: &req,
+                    key: None,
+                    timeout: client.timeout(),
+                    resolves: None,
+                    intended: None,
+                },
+            )
+            .await;
+        let (result, _, _, record) = sent;
+        let reply = match result {
             Ok(reply) => reply,
             Err(Failure::Connect) => {
                 return Err(LoadError::Unreachable {
@@ -109,7 +135,10 @@ async fn create_one(
             Err(_) => continue,
         };
         match reply.status {
-            201 => return parse_created(&reply),
+            201 => {
+                records.extend(record);
+                return parse_created(&reply).map(|id| (id, name));
+            }
             409 => continue,
             status => {
                 let body = snippet(&reply);
@@ -147,40 +176,63 @@ pub(crate) async fn read_final(
     target: &Target,
     timeout: Duration,
     plan: Arc<Plan>,
-) -> Vec<Option<i128>> {
+    recorder: Arc<Recorder>,
+) -> (Vec<Option<i128>>, Vec<Record>) {
     let lanes = SETUP_CONNECTIONS_MAX.min(plan.items.len()).max(1);
     let mut tasks = Vec::with_capacity(lanes);
     for lane in 0..lanes {
-        let (plan, target) = (plan.clone(), target.clone());
+        let (plan, target, recorder) = (plan.clone(), target.clone(), recorder.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = Client::new(target, timeout);
             let mut read = Vec::new();
+            let mut records = Vec::new();
             for index in (lane..plan.items.len()).step_by(lanes) {
-                read.push((index, read_one(&mut client, &plan, index).await));
+                let qty = read_one(&mut client, &plan, index, &recorder, &mut records).await;
+                read.push((index, qty));
             }
-            read
+            (read, records)
         }));
     }
     let mut finals = vec![None; plan.items.len()];
+    let mut all_records = Vec::new();
     for task in tasks {
         // A failed lane leaves its items unread, which fails the check.
-        if let Ok(read) = task.await {
+        if let Ok((read, records)) = task.await {
             for (index, qty) in read {
                 finals[index] = qty;
             }
+            all_records.extend(records);
         }
     }
-    finals
+    (finals, all_records)
 }
 
-async fn read_one(client: &mut Client, plan: &Plan, index: usize) -> Option<i128> {
+async fn read_one(
+    client: &mut Client,
+    plan: &Plan,
+    index: usize,
+    recorder: &Recorder,
+    records: &mut Vec<Record>,
+) -> Option<i128> {
     let item = &plan.items[index];
-    let path = format!("/items/{}", item.id);
+    let owner = &plan.owners[item.owner];
+    let req = Req::Get {
+        item: item.id.clone(),
+    };
     for _ in 0..READ_ATTEMPTS_MAX {
-        match client
-            .request(Method::GET, &path, &plan.owners[item.owner].token, None)
-            .await
-        {
+        let attempt = Attempt {
+            client: CLIENT_FINAL,
+            owner: &owner.name,
+            token: &owner.token,
+            req: &req,
+            key: None,
+            timeout: client.timeout(),
+            resolves: None,
+            intended: None,
+        };
+        let (result, _, _, record) = recorder.send(client, attempt).await;
+        records.extend(record);
+        match result {
             Ok(reply) if reply.status == 200 => {
                 return serde_json::from_slice::<ReadBack>(&reply.body)
                     .ok()
@@ -191,6 +243,21 @@ async fn read_one(client: &mut Client, plan: &Plan, index: usize) -> Option<i128
         }
     }
     None
+}
+
+/// The server's `version` from `GET /healthz` (None when it has none).
+pub(crate) async fn server_version(target: &Target, timeout: Duration) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Health {
+        version: Option<String>,
+    }
+    let mut client = Client::new(target.clone(), timeout);
+    let none = http::HeaderValue::from_static("");
+    let reply = client
+        .request(http::Method::GET, "/healthz", &none, None)
+        .await
+        .ok()?;
+    serde_json::from_slice::<Health>(&reply.body).ok()?.version
 }
 
 /// The start of a body, for error messages.

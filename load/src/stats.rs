@@ -9,7 +9,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 
-use crate::check::ItemTally;
+use crate::check::tally::ItemTally;
 use crate::client::{Failure, Reply};
 use crate::plan::{Op, Plan};
 
@@ -144,6 +144,9 @@ impl Stats {
             return;
         }
         self.unknown_outcomes += 1;
+        if let Op::Put { item, .. } = op {
+            self.tallies[*item].overwritten = true;
+        }
         for (item, delta) in op.net_deltas() {
             self.tallies[item].unknown(delta);
         }
@@ -167,6 +170,12 @@ impl Stats {
                 match serde_json::from_slice::<TxnView>(&reply.body) {
                     Ok(txn) => txn.items.iter().for_each(|view| self.check_qty(view)),
                     Err(e) => self.malformed(format!("transaction reply: {e}")),
+                }
+            }
+            Op::Put { item, .. } => {
+                self.tallies[*item].overwritten = true;
+                if let Some(view) = self.parse_item(reply) {
+                    self.check_qty(&view);
                 }
             }
             Op::Get { .. } | Op::Create { .. } => {
@@ -274,6 +283,8 @@ mod tests {
         Ok(Reply {
             status,
             body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            lsn: None,
+            replayed: false,
         })
     }
 

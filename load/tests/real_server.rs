@@ -129,6 +129,108 @@ async fn mixed_passes_against_the_real_server() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_owner_with_64_connections_is_linearizable_on_the_real_server() {
+    // Goal: the done-when run of issue 15: 64 connections on one hot owner,
+    // every request recorded (--history), the history checked (--check).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = dir.path().join("history.jsonl");
+    let (url, stop, server) = start_node(dir.path()).await;
+    let history_arg = history.to_str().expect("utf-8 path");
+    let argv = [
+        "load",
+        "--url",
+        &url,
+        "--scenario",
+        "hot-owner",
+        "--items",
+        "4",
+        "--connections",
+        "64",
+        "--requests",
+        "3000",
+        "--duration",
+        "120s",
+        "--timeout",
+        "30s",
+        "--history",
+        history_arg,
+        "--check",
+    ];
+    let mut args = Cli::try_parse_from(argv).expect("valid arguments").load;
+    args.data_dir = dir.path().to_path_buf();
+    args.jwt_secret = None;
+    let report = countiq_load::run(args).await.expect("setup succeeds");
+    let verdict = report
+        .history_check
+        .clone()
+        .expect("--check gives a verdict");
+    // The file alone gives the same verdict (`countiq check FILE`).
+    let check = countiq_load::CheckArgs {
+        file: history.clone(),
+        json: false,
+    };
+    let from_file = countiq_load::check_file(&check, &mut Vec::new()).expect("readable");
+    let _ = stop.send(());
+    let stopped = server.await.expect("server task").expect("server result");
+    assert!(matches!(stopped, Stopped::Gracefully), "{stopped:?}");
+    assert!(
+        report.ok() && verdict.linearizable && from_file,
+        "{report:#?}"
+    );
+    // Setup (4 creates), 3000 keyed PATCHes and 4 final reads, all known.
+    assert!(verdict.operations >= 3008, "{verdict:#?}");
+    assert_eq!(verdict.unknown, 0, "{verdict:#?}");
+    assert_eq!(verdict.items, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_scenarios_are_linearizable_on_the_real_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, stop, server) = start_node(dir.path()).await;
+    let scenarios: &[(&str, u16)] = &[
+        ("read-your-writes", 200),
+        ("contended-put", 412),
+        ("racing-creates", 409),
+        ("idempotent-retries", 200),
+    ];
+    for &(scenario, expected_status) in scenarios {
+        let argv = [
+            "load",
+            "--url",
+            &url,
+            "--scenario",
+            scenario,
+            "--connections",
+            "8",
+            "--requests",
+            "400",
+            "--duration",
+            "120s",
+            "--timeout",
+            "30s",
+            "--check",
+        ];
+        let mut args = Cli::try_parse_from(argv).expect("valid arguments").load;
+        args.data_dir = dir.path().to_path_buf();
+        args.jwt_secret = None;
+        let report = countiq_load::run(args).await.expect("setup succeeds");
+        let verdict = report.history_check.as_ref().expect("verdict");
+        assert!(
+            report.ok() && verdict.linearizable,
+            "{scenario}: {report:#?}"
+        );
+        assert!(
+            report.by_status.contains_key(&expected_status),
+            "{scenario}: {:?}",
+            report.by_status
+        );
+    }
+    let _ = stop.send(());
+    let stopped = server.await.expect("server task").expect("server result");
+    assert!(matches!(stopped, Stopped::Gracefully), "{stopped:?}");
+}
+
 /// Starts a real node, runs `countiq load` with `scenario` against it for a
 /// bounded number of requests, stops the node, and returns the report after
 /// the checks every scenario shares: the correctness check passed, every

@@ -1,4 +1,4 @@
-//! The correctness check: after the run, every item's quantity must equal its
+//! The final-quantity check: after the run, every item's quantity must equal its
 //! start quantity plus the deltas the server acknowledged (200).
 //!
 //! A request that got no reply (timeout, connection error, 5xx other than
@@ -22,6 +22,9 @@ pub(crate) struct ItemTally {
     pub unknown_up: i128,
     /// Requests with unknown outcome that touched this item.
     pub unknown_count: u64,
+    /// A PUT (possibly) replaced the qty: only the history check can judge
+    /// this item, so the range is the whole 0..=2^53-1.
+    pub overwritten: bool,
 }
 
 impl ItemTally {
@@ -46,10 +49,14 @@ impl ItemTally {
         self.unknown_down += other.unknown_down;
         self.unknown_up += other.unknown_up;
         self.unknown_count += other.unknown_count;
+        self.overwritten |= other.overwritten;
     }
 
     /// The inclusive range the final quantity may fall in.
     pub fn expected_range(&self, start: i128) -> (i128, i128) {
+        if self.overwritten {
+            return (0, i128::from(crate::contract::JSON_INT_MAX));
+        }
         let exact = start + self.acked;
         (exact + self.unknown_down, exact + self.unknown_up)
     }
@@ -150,7 +157,8 @@ mod tests {
                 acked: 5,
                 unknown_down: -1,
                 unknown_up: 4,
-                unknown_count: 2
+                unknown_count: 2,
+                overwritten: false,
             }
         );
     }
