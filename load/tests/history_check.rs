@@ -9,7 +9,8 @@
 //! stubs' faults are sure to show: read-your-writes reads every write back
 //! on the connection that made it, at once, while the early-acknowledging
 //! stub stores the write 3 ms later and the stale one refreshes its reads
-//! every 20 ms.
+//! every 20 ms. (The final-quantity check may or may not notice the stale
+//! stub: its final read can itself be stale; nothing asserts on it.)
 
 mod common;
 
@@ -181,7 +182,5 @@ async fn a_server_with_stale_reads_is_caught() {
     assert!(!v.linearizable && !report.ok(), "{v:#?}");
     let kinds: Vec<_> = v.violations.iter().map(|x| x.kind).collect();
     assert!(kinds.contains(&"real_time_order"), "{kinds:?}");
-    // The final-quantity check alone cannot see stale reads.
-    assert!(report.check.passed, "{:#?}", report.check);
     assert!(!file_verdict(&dir));
 }

@@ -334,6 +334,14 @@ pub(crate) fn check_item(item: &str, all: &[Op], touching: &[usize]) -> ItemResu
         }))
         .max()
         .unwrap_or(base);
+    // The answer naming the highest version when no write produced it.
+    let claims_vmax = obs
+        .iter()
+        .find(|o| match o.cond {
+            Cond::Is { version, .. } => version == vmax && !by_version.contains_key(&vmax),
+            _ => false,
+        })
+        .map(|o| o.op);
     let mut chain = Chain {
         all,
         item,
@@ -341,6 +349,7 @@ pub(crate) fn check_item(item: &str, all: &[Op], touching: &[usize]) -> ItemResu
         by_version: &by_version,
         base,
         vmax,
+        claims_vmax,
         steps: 0,
     };
     let (states, order) = match chain.solve(base_state) {
@@ -382,6 +391,8 @@ struct Chain<'a> {
     by_version: &'a BTreeMap<u64, usize>,
     base: u64,
     vmax: u64,
+    /// A read naming `vmax` that no write produced (for the counter-example).
+    claims_vmax: Option<usize>,
     steps: u64,
 }
 
@@ -509,8 +520,9 @@ impl Chain<'_> {
 
     fn gap_violation(&self, v: u64, order: &[usize]) -> ItemResult {
         let mut ops: Vec<usize> = self.producer(order, v - 1).into_iter().collect();
-        if let Some(next) = ((v + 1)..=self.vmax).find_map(|u| self.by_version.get(&u)) {
-            ops.push(self.writes[*next].op);
+        match ((v + 1)..=self.vmax).find_map(|u| self.by_version.get(&u)) {
+            Some(next) => ops.push(self.writes[*next].op),
+            None => ops.extend(self.claims_vmax),
         }
         violation(
             self.all,

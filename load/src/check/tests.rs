@@ -190,6 +190,18 @@ fn a_version_twice_and_a_gap_are_caught() {
     assert_eq!(kinds(&twice), vec!["version_twice"]);
     let gap = [create(5), patch(1, 1, 10, 20, 1, (7, 3))];
     assert_eq!(kinds(&gap), vec!["version_gap"]);
+    // A read of a version nobody wrote is named in the counter-example.
+    let future = [
+        create(5),
+        patch(1, 1, 10, 20, 1, (6, 2)),
+        get(2, 2, 30, 40, (9, 7)),
+    ];
+    let v = check_history(&future);
+    assert_eq!(v.violations.len(), 1);
+    assert!(
+        v.violations[0].ops.iter().any(|o| o.contains("read v7")),
+        "{v:#?}"
+    );
     // An unknown write can fill the gap (and must fit the qty chain).
     let unknown = rec(
         2,
