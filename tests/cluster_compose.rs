@@ -359,6 +359,8 @@ async fn uniform_load(h: &Harness) {
             .await,
         );
     }
+    let history_dir = tempfile::tempdir().expect("temp dir");
+    let history_path = history_dir.path().join("uniform.jsonl");
     let args = LoadCli::parse_from([
         "load",
         "--url",
@@ -373,11 +375,21 @@ async fn uniform_load(h: &Harness) {
         "5s",
         "--jwt-secret",
         &h.project.secret,
+        "--history",
+        history_path.to_str().expect("utf-8 temp path"),
+        "--check",
     ])
     .load;
-    // ISSUE 15: once the linearizability checker is merged, add "--check"
-    // to the arguments above and assert its verdict (0 violations) here.
     let report = countiq_load::run(args).await.expect("load run");
+    let verdict = report
+        .history_check
+        .clone()
+        .expect("--check gives a verdict");
+    assert!(
+        verdict.linearizable && verdict.violations_total == 0,
+        "the history through nginx is not linearizable: {verdict:#?}"
+    );
+    assert!(verdict.writes_with_lsn > 0, "no write carried CountIQ-LSN");
     eprintln!(
         "uniform load through nginx: {:.0} req/s, p99 {} µs, statuses {:?}",
         report.requests_per_s, report.latency_us.p99, report.by_status

@@ -178,6 +178,11 @@ async fn hot_owner_with_64_connections_is_linearizable_on_the_real_server() {
         report.ok() && verdict.linearizable && from_file,
         "{report:#?}"
     );
+    // The owner-wide check ran on the server's CountIQ-LSN headers.
+    assert!(
+        verdict.writes_with_lsn > 0,
+        "no write carried CountIQ-LSN: {verdict:#?}"
+    );
     // Setup (4 creates), 3000 keyed PATCHes and 4 final reads, all known.
     assert!(verdict.operations >= 3008, "{verdict:#?}");
     assert_eq!(verdict.unknown, 0, "{verdict:#?}");
