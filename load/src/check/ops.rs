@@ -33,9 +33,9 @@ pub(crate) enum Res {
     Mismatch { current: u64 },
     /// 409 `name_taken`.
     NameTaken,
-    /// Refused before the state machine (401, 408, 413, 415, 422, 429, 503
-    /// `overloaded` / `not_ready`, other 400s): no state change, nothing
-    /// learned about the state.
+    /// Refused before the state machine (401, 408, 413, 415, 421
+    /// `misdirected_owner`, 422, 429, 503 `overloaded` / `not_ready`, other
+    /// 400s): no state change, nothing learned about the state.
     NoEffect,
     /// No reply, a 500, or 503 `unavailable`: may or may not have applied.
     Unknown,

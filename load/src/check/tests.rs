@@ -121,6 +121,34 @@ fn a_sequential_history_passes() {
     assert_eq!((v.operations, v.items), (3, 1));
 }
 
+/// A 421 `misdirected_owner` (a cluster node that does not hold the
+/// owner) changed nothing: a history where a misdirected PATCH is followed
+/// by a read of the unchanged state passes, and the same read after a
+/// PATCH that was acknowledged would not.
+#[test]
+fn a_misdirected_write_is_not_applied() {
+    let misdirected = {
+        let req = Req::Patch {
+            item: "i".into(),
+            delta: -2,
+            if_match: None,
+        };
+        let mut answer = reply(421, vec![]);
+        answer.error = Some("misdirected_owner".into());
+        rec(1, 1, 10, Some(20), req, Some(answer))
+    };
+    assert!(matches!(ops::classify(&misdirected), ops::Res::NoEffect));
+    let h = [create(5), misdirected, get(2, 2, 30, 40, (5, 1))];
+    let v = check_history(&h);
+    assert!(v.linearizable, "{v:#?}");
+    let applied = [
+        create(5),
+        patch(1, 1, 10, 20, -2, (3, 2)),
+        get(2, 2, 30, 40, (5, 1)),
+    ];
+    assert!(!check_history(&applied).linearizable);
+}
+
 #[test]
 fn a_stale_read_is_caught_with_its_counter_example() {
     // The read began after the write had completed, yet saw version 1.
