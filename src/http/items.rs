@@ -81,7 +81,7 @@ pub(super) async fn list_items(
 }
 
 /// `limit`: an integer from 1 to `LIST_LIMIT_MAX`.
-fn parse_limit(raw: &str) -> Result<usize, ApiError> {
+pub(super) fn parse_limit(raw: &str) -> Result<usize, ApiError> {
     raw.parse::<usize>()
         .ok()
         .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
@@ -263,7 +263,7 @@ pub(super) async fn transact(
 }
 
 /// Send a write to the owner and render its answer.
-async fn write(
+pub(super) async fn write(
     s: &AppState,
     owner: &OwnerId,
     cmd: Command,
@@ -294,10 +294,10 @@ async fn write(
     }
 }
 
-fn invalid<E: std::fmt::Display>(field: &str) -> impl FnOnce(E) -> ApiError + '_ {
+pub(super) fn invalid<E: std::fmt::Display>(field: &str) -> impl FnOnce(E) -> ApiError + '_ {
     move |e| ApiError::InvalidBody(format!("{field}: {e}"))
 }
 
-fn bad_param(code: &'static str, detail: String) -> ApiError {
+pub(super) fn bad_param(code: &'static str, detail: String) -> ApiError {
     ApiError::BadParameter { code, detail }
 }

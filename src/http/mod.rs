@@ -25,13 +25,14 @@ mod items;
 mod json;
 pub mod openapi;
 mod ops;
+mod reservations;
 pub mod request_metrics;
 pub mod routes;
 mod state;
 
 use std::time::Duration;
 
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use axum::Router;
 
 pub use error::{ApiError, PROBLEM_JSON};
@@ -64,6 +65,10 @@ pub fn app(state: AppState) -> Router {
         )
         .route(ITEM_QTY, patch(items::adjust_qty))
         .route(TRANSACTIONS, post(items::transact))
+        .route(ITEM_HISTORY, get(reservations::history))
+        .route(ITEM_RESERVATIONS, post(reservations::reserve))
+        .route(RESERVATION, delete(reservations::release))
+        .route(RESERVATION_COMMIT, post(reservations::commit))
         .route(HEALTHZ, get(ops::healthz))
         .route(READYZ, get(ops::readyz))
         .route(METRICS, get(ops::metrics))
