@@ -142,7 +142,10 @@ pub(crate) enum Msg {
 pub enum Reply {
     Item(Respond<Read<Option<Item>>>, Read<Option<Item>>),
     Page(Respond<Read<Page>>, Read<Page>),
-    History(Respond<Read<Option<HistoryPage>>>, Read<Option<HistoryPage>>),
+    History(
+        Respond<Read<Option<HistoryPage>>>,
+        Read<Option<HistoryPage>>,
+    ),
     Write(Respond<Written>, Written),
     /// Nothing to answer but "durable" (a snapshot waiting for the log).
     Barrier(Respond<()>),

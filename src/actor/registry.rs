@@ -27,7 +27,8 @@ use uuid::Uuid;
 
 use super::slot::{Mailbox, SendError, Slot, View};
 use super::{
-    spawn, Call, CallError, Msg, HistoryPage, OwnerCopy, OwnerHandle, Page, Read, Reply, Shared, Written,
+    spawn, Call, CallError, HistoryPage, Msg, OwnerCopy, OwnerHandle, Page, Read, Reply, Shared,
+    Written,
 };
 use crate::domain::idempotency::{Fingerprint, IdemKey};
 use crate::domain::{Command, Item, OwnerId, OwnerState};

@@ -330,13 +330,13 @@ impl OwnerState {
                 self.decide_reserve(*item, *qty, *ttl, ctx).map(Some)
             }
             Command::CommitHold { hold } => self.decide_commit(*hold, ctx).map(Some),
-            Command::ReleaseHold { hold } => Ok(self.holds.get(hold).map(|h| {
-                Event::HoldReleased {
+            Command::ReleaseHold { hold } => {
+                Ok(self.holds.get(hold).map(|h| Event::HoldReleased {
                     hold: *hold,
                     version: self.items[&h.item].version + 1,
                     at: ctx.now,
-                }
-            })),
+                }))
+            }
             Command::ExpireHolds => Ok(self.decide_expire(ctx)),
         }
     }
@@ -597,7 +597,10 @@ impl OwnerState {
                 let old = self.existing_for_event(&item.id)?;
                 check_next_version(old, item.version)?;
                 if item.reserved != old.reserved || item.qty < item.reserved {
-                    return Err(format!("replaced item {} changes its reservations", item.id));
+                    return Err(format!(
+                        "replaced item {} changes its reservations",
+                        item.id
+                    ));
                 }
                 match self.names.get(&item.name.unique_key()) {
                     Some(holder) if *holder != item.id => {
@@ -659,7 +662,10 @@ impl OwnerState {
         let item = self.existing_for_event(&change.id)?;
         check_next_version(item, change.version)?;
         if change.qty < item.reserved {
-            return Err(format!("item {} would fall below its reserved qty", change.id));
+            return Err(format!(
+                "item {} would fall below its reserved qty",
+                change.id
+            ));
         }
         Ok(())
     }
@@ -821,7 +827,10 @@ impl OwnerState {
     fn set_qty(&mut self, change: &QtyVersion, at: Micros) -> i64 {
         let item = self.items.get_mut(&change.id).expect("changed item exists");
         assert_eq!(item.version + 1, change.version, "versions advance by one");
-        assert!(change.qty >= item.reserved, "qty never falls below reserved");
+        assert!(
+            change.qty >= item.reserved,
+            "qty never falls below reserved"
+        );
         let delta = change.qty.get() as i64 - item.qty.get() as i64;
         item.qty = change.qty;
         item.version = change.version;
@@ -875,7 +884,12 @@ impl OwnerState {
             }
             (_, Some(Event::Reserved { hold, .. })) => Outcome::Reserved(*hold, item(&hold.item)),
             (_, Some(Event::HoldCommitted { change, .. })) => Outcome::Updated(item(&change.id)),
-            (_, Some(Event::Deleted { .. } | Event::HoldReleased { .. } | Event::HoldsExpired { .. }))
+            (
+                _,
+                Some(
+                    Event::Deleted { .. } | Event::HoldReleased { .. } | Event::HoldsExpired { .. },
+                ),
+            )
             | (Command::Delete { .. } | Command::ReleaseHold { .. } | Command::ExpireHolds, None) => {
                 Outcome::Deleted
             }
@@ -953,12 +967,16 @@ impl OwnerState {
                 || item.reserved > item.qty
                 || self.holds_of(item.id) > HOLDS_PER_ITEM_MAX
             {
-                return Err(format!("item {}'s reserved does not match its holds", item.id));
+                return Err(format!(
+                    "item {}'s reserved does not match its holds",
+                    item.id
+                ));
             }
         }
         for (id, entries) in history {
             let increasing = entries.windows(2).all(|w| w[0].version < w[1].version);
-            if !self.items.contains_key(&id) || entries.len() > HISTORY_PER_ITEM_MAX || !increasing {
+            if !self.items.contains_key(&id) || entries.len() > HISTORY_PER_ITEM_MAX || !increasing
+            {
                 return Err(format!("invalid history of item {id}"));
             }
             if self.history.insert(id, entries.into()).is_some() {
@@ -1000,7 +1018,10 @@ impl OwnerState {
         for item in self.items.values() {
             let sum = sums.get(&item.id).copied().unwrap_or(0);
             if sum != item.reserved.get() || item.reserved > item.qty {
-                return Err(format!("item {}: reserved {:?} vs holds {sum}", item.id, item.reserved));
+                return Err(format!(
+                    "item {}: reserved {:?} vs holds {sum}",
+                    item.id, item.reserved
+                ));
             }
             if self.holds_of(item.id) > HOLDS_PER_ITEM_MAX {
                 return Err(format!("item {} has too many holds", item.id));
@@ -1050,3 +1071,6 @@ fn bound_rejection(bound: QtyBound, op_index: Option<u32>) -> Rejection {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod holds_tests;

@@ -183,8 +183,11 @@ pub(super) fn outcome_response(outcome: &Outcome) -> Response {
             axum::Json(body).into_response()
         }
         Outcome::Reserved(hold, item) => {
-            let mut response =
-                (StatusCode::CREATED, axum::Json(ReservationJson::new(hold, item))).into_response();
+            let mut response = (
+                StatusCode::CREATED,
+                axum::Json(ReservationJson::new(hold, item)),
+            )
+                .into_response();
             let location = format!("/reservations/{}", hold.id);
             response.headers_mut().insert(
                 header::LOCATION,
@@ -335,6 +338,7 @@ mod tests {
                 id: Uuid::from_u128(id),
                 name,
                 qty: crate::domain::Qty::new(qty as i64).unwrap(),
+                reserved: crate::domain::Qty::ZERO,
                 version,
                 created_at: created,
                 updated_at: updated,

@@ -25,8 +25,8 @@ mod items;
 mod json;
 pub mod openapi;
 mod ops;
-mod reservations;
 pub mod request_metrics;
+mod reservations;
 pub mod routes;
 mod state;
 

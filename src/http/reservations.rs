@@ -38,10 +38,18 @@ pub(super) async fn reserve(
     JsonBody(body): JsonBody<ReserveBody>,
 ) -> Result<Response, ApiError> {
     let id = item_id(&id)?;
-    let key = idempotency(&headers, "POST", routes::ITEM_RESERVATIONS, Some(id), Some(&body))?;
+    let key = idempotency(
+        &headers,
+        "POST",
+        routes::ITEM_RESERVATIONS,
+        Some(id),
+        Some(&body),
+    )?;
     let qty = Qty::new(body.qty).map_err(invalid("qty"))?;
     if qty == Qty::ZERO {
-        return Err(ApiError::InvalidBody("qty: a reservation holds at least 1".into()));
+        return Err(ApiError::InvalidBody(
+            "qty: a reservation holds at least 1".into(),
+        ));
     }
     if !(1..=HOLD_TTL_SECS_MAX as i64).contains(&body.ttl) {
         return Err(ApiError::InvalidBody(format!(
@@ -77,7 +85,13 @@ pub(super) async fn commit(
     WriteHeaders(headers): WriteHeaders,
 ) -> Result<Response, ApiError> {
     let hold = hold_id(&id)?;
-    let key = idempotency::<()>(&headers, "POST", routes::RESERVATION_COMMIT, Some(hold), None)?;
+    let key = idempotency::<()>(
+        &headers,
+        "POST",
+        routes::RESERVATION_COMMIT,
+        Some(hold),
+        None,
+    )?;
     write(&s, &owner, Command::CommitHold { hold }, key).await
 }
 

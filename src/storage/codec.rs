@@ -157,13 +157,35 @@ struct HoldV3 {
 enum EventV3 {
     Created(ItemV3),
     Replaced(ItemV3),
-    QtySet { change: QtyVersionV1, at: i64 },
-    Deleted { id: u128 },
-    Transacted { changes: Vec<QtyVersionV1>, at: i64 },
-    Reserved { hold: HoldV3, version: u64 },
-    HoldCommitted { hold: u128, change: QtyVersionV1, at: i64 },
-    HoldReleased { hold: u128, version: u64, at: i64 },
-    HoldsExpired { holds: Vec<u128>, at: i64 },
+    QtySet {
+        change: QtyVersionV1,
+        at: i64,
+    },
+    Deleted {
+        id: u128,
+    },
+    Transacted {
+        changes: Vec<QtyVersionV1>,
+        at: i64,
+    },
+    Reserved {
+        hold: HoldV3,
+        version: u64,
+    },
+    HoldCommitted {
+        hold: u128,
+        change: QtyVersionV1,
+        at: i64,
+    },
+    HoldReleased {
+        hold: u128,
+        version: u64,
+        at: i64,
+    },
+    HoldsExpired {
+        holds: Vec<u128>,
+        at: i64,
+    },
 }
 
 #[derive(Debug, Encode, Decode)]
@@ -186,13 +208,24 @@ enum ResponseV3 {
 
 #[derive(Debug, Encode, Decode)]
 enum RejectionV3 {
-    NotFound { op_index: Option<u32> },
+    NotFound {
+        op_index: Option<u32>,
+    },
     NameTaken,
-    QtyBelowZero { op_index: Option<u32> },
-    QtyOverflow { op_index: Option<u32> },
-    VersionMismatch { current: u64 },
+    QtyBelowZero {
+        op_index: Option<u32>,
+    },
+    QtyOverflow {
+        op_index: Option<u32>,
+    },
+    VersionMismatch {
+        current: u64,
+    },
     ItemLimit,
-    InsufficientAvailable { available: u64, op_index: Option<u32> },
+    InsufficientAvailable {
+        available: u64,
+        op_index: Option<u32>,
+    },
     HoldLimit,
     HoldNotFound,
 }
@@ -455,6 +488,84 @@ impl From<&HistoryEntry> for EntryV3 {
     }
 }
 
+// ---- domain → version 1 (tests and golden files of old formats only) ------
+//
+// Only values that version 1 can express: an item with holds, a hold event,
+// outcome or rejection panics (a test bug, never data).
+
+impl From<&Item> for ItemV1 {
+    fn from(i: &Item) -> Self {
+        assert_eq!(i.reserved, Qty::ZERO, "version 1 has no reservations");
+        ItemV1 {
+            id: i.id.as_u128(),
+            name: i.name.as_str().to_owned(),
+            qty: i.qty.get(),
+            version: i.version,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+        }
+    }
+}
+
+impl From<&Event> for EventV1 {
+    fn from(e: &Event) -> Self {
+        match e {
+            Event::Created(i) => EventV1::Created(i.into()),
+            Event::Replaced(i) => EventV1::Replaced(i.into()),
+            Event::QtySet { change, at } => EventV1::QtySet {
+                change: change.into(),
+                at: *at,
+            },
+            Event::Deleted { id } => EventV1::Deleted { id: id.as_u128() },
+            Event::Transacted { changes, at } => EventV1::Transacted {
+                changes: changes.iter().map(Into::into).collect(),
+                at: *at,
+            },
+            other => panic!("version 1 cannot express {other:?}"),
+        }
+    }
+}
+
+impl From<&Rejection> for RejectionV1 {
+    fn from(r: &Rejection) -> Self {
+        match *r {
+            Rejection::NotFound { op_index } => RejectionV1::NotFound { op_index },
+            Rejection::NameTaken => RejectionV1::NameTaken,
+            Rejection::QtyBelowZero { op_index } => RejectionV1::QtyBelowZero { op_index },
+            Rejection::QtyOverflow { op_index } => RejectionV1::QtyOverflow { op_index },
+            Rejection::VersionMismatch { current } => RejectionV1::VersionMismatch { current },
+            Rejection::ItemLimit => RejectionV1::ItemLimit,
+            ref other => panic!("version 1 cannot express {other:?}"),
+        }
+    }
+}
+
+impl From<&StoredResponse> for ResponseV1 {
+    fn from(r: &StoredResponse) -> Self {
+        match r {
+            Ok(Outcome::Created(i)) => ResponseV1::Created(i.into()),
+            Ok(Outcome::Updated(i)) => ResponseV1::Updated(i.into()),
+            Ok(Outcome::Deleted) => ResponseV1::Deleted,
+            Ok(Outcome::Transacted(items)) => {
+                ResponseV1::Transacted(items.iter().map(Into::into).collect())
+            }
+            Err(rej) => ResponseV1::Rejected(rej.into()),
+            Ok(other) => panic!("version 1 cannot express {other:?}"),
+        }
+    }
+}
+
+impl From<&KeyRecord> for KeyRecordV1 {
+    fn from(k: &KeyRecord) -> Self {
+        KeyRecordV1 {
+            key: k.key.as_str().to_owned(),
+            fingerprint: k.fingerprint,
+            response: (&k.response).into(),
+            expires_at: k.expires_at,
+        }
+    }
+}
+
 // ---- disk → domain (validating) -------------------------------------------
 
 fn qty(raw: u64) -> Result<Qty, CodecError> {
@@ -665,6 +776,20 @@ pub fn encode_record(
     key: Option<&KeyRecord>,
     out: &mut Vec<u8>,
 ) {
+    encode_record_version(RECORDS_V3, lsn, owner, event, key, out)
+}
+
+/// `encode_record` in the record shapes of segment format
+/// `segment_version`: `RecordV1` below `RECORDS_V3` (tests and golden files
+/// of old formats; panics on values version 1 cannot express).
+pub fn encode_record_version(
+    segment_version: u32,
+    lsn: u64,
+    owner: &OwnerId,
+    event: Option<&Event>,
+    key: Option<&KeyRecord>,
+    out: &mut Vec<u8>,
+) {
     assert!(
         event.is_some() || key.is_some(),
         "a record carries an event, a key, or both"
@@ -674,8 +799,13 @@ pub fn encode_record(
     let mut enc = |v: &dyn EncodeDyn| v.encode_to(out);
     enc(&lsn);
     enc(&owner.as_str());
-    enc(&event.map(EventV3::from));
-    enc(&key.map(KeyRecordV3::from));
+    if segment_version >= RECORDS_V3 {
+        enc(&event.map(EventV3::from));
+        enc(&key.map(KeyRecordV3::from));
+    } else {
+        enc(&event.map(EventV1::from));
+        enc(&key.map(KeyRecordV1::from));
+    }
     let len = out.len() - start - FRAME_HEADER_BYTES;
     assert!(
         len <= RECORD_BYTES_MAX,
@@ -1014,15 +1144,25 @@ pub fn decode_snap_frame(payload: &[u8], version: u32) -> Result<SnapFrame, Code
                 histories: 0,
             })
         }
-        SNAP_KIND_ITEMS if v2 => SnapFrame::Items(decode_chunk(payload, &mut at, ItemV3::try_into)?),
-        SNAP_KIND_ITEMS => SnapFrame::Items(decode_chunk(payload, &mut at, from_v1::<ItemV1, ItemV3, _>)?),
-        SNAP_KIND_KEYS if v2 => SnapFrame::Keys(decode_chunk(payload, &mut at, KeyRecordV3::try_into)?),
+        SNAP_KIND_ITEMS if v2 => {
+            SnapFrame::Items(decode_chunk(payload, &mut at, ItemV3::try_into)?)
+        }
+        SNAP_KIND_ITEMS => SnapFrame::Items(decode_chunk(
+            payload,
+            &mut at,
+            from_v1::<ItemV1, ItemV3, _>,
+        )?),
+        SNAP_KIND_KEYS if v2 => {
+            SnapFrame::Keys(decode_chunk(payload, &mut at, KeyRecordV3::try_into)?)
+        }
         SNAP_KIND_KEYS => SnapFrame::Keys(decode_chunk(
             payload,
             &mut at,
             from_v1::<KeyRecordV1, KeyRecordV3, _>,
         )?),
-        SNAP_KIND_HOLDS if v2 => SnapFrame::Holds(decode_chunk(payload, &mut at, HoldV3::try_into)?),
+        SNAP_KIND_HOLDS if v2 => {
+            SnapFrame::Holds(decode_chunk(payload, &mut at, HoldV3::try_into)?)
+        }
         SNAP_KIND_HISTORY if v2 => {
             SnapFrame::History(decode_chunk(payload, &mut at, HistoryV3::try_into)?)
         }
@@ -1052,6 +1192,7 @@ mod tests {
             id: Uuid::from_u128(7),
             name: ItemName::new("milk").unwrap(),
             qty: Qty::new(3).unwrap(),
+            reserved: crate::domain::Qty::ZERO,
             version: 2,
             created_at: 10,
             updated_at: 20,

@@ -252,9 +252,11 @@ pub fn write_snapshot(
         w.chunks(SnapChunk::Holds, o.extra.holds.iter(), |h, out| {
             codec::encode_snap_hold(h, out)
         })?;
-        w.chunks(SnapChunk::History, o.extra.history.iter(), |(id, e), out| {
-            codec::encode_snap_history(id, e.iter(), out)
-        })?;
+        w.chunks(
+            SnapChunk::History,
+            o.extra.history.iter(),
+            |(id, e), out| codec::encode_snap_history(id, e.iter(), out),
+        )?;
         totals.owners += 1;
         totals.items += head.items;
         totals.keys += head.keys;
@@ -408,8 +410,11 @@ impl<R: Read> FrameReader<'_, R> {
         let read = self.read_exact(&mut frame[FRAME_HEADER_BYTES..], "frame payload");
         let parsed = read.and_then(
             |()| match codec::parse_frame(&frame, SNAP_FRAME_BYTES_MAX) {
-                FrameParse::Complete { payload, .. } => codec::decode_snap_frame(payload, self.version)
-                    .map_err(|e| self.corrupt(at, format!("snapshot frame does not decode: {e}"))),
+                FrameParse::Complete { payload, .. } => {
+                    codec::decode_snap_frame(payload, self.version).map_err(|e| {
+                        self.corrupt(at, format!("snapshot frame does not decode: {e}"))
+                    })
+                }
                 _ => Err(self.corrupt(at, "snapshot frame checksum mismatch")),
             },
         );
