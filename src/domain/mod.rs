@@ -543,11 +543,19 @@ impl OwnerState {
                 }
             };
             let change = &mut changes[slot];
-            change.qty = change
+            let next = change
                 .qty
                 .apply(op.delta)
                 .map_err(|b| bound_rejection(b, op_index))?;
-            check_reserved(&self.items[&op.item], change.qty, op_index)?;
+            let reserved = self.items[&op.item].reserved;
+            if next < reserved {
+                // What this op found available: earlier ops count.
+                return Err(Rejection::InsufficientAvailable {
+                    available: change.qty.get() - reserved.get(),
+                    op_index,
+                });
+            }
+            change.qty = next;
         }
         Ok(Event::Transacted {
             changes,
