@@ -166,6 +166,7 @@ pub(super) async fn replace_item(
     responses(
         (status = 200, description = "Applied", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("CountIQ-LSN" = u64, description = "the log position this response reflects"), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
         (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
         (status = 412, response = openapi::PreconditionFailed),
         openapi::BodyWriteErrors
     )
@@ -230,6 +231,7 @@ pub(super) async fn delete_item(
     responses(
         (status = 200, description = "All ops applied", body = openapi::TxResult, headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("CountIQ-LSN" = u64, description = "the log position this response reflects"))),
         (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
         openapi::BodyWriteErrors
     )
 )]

@@ -1,6 +1,6 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the code by
 //! utoipa. Operations come from the `#[utoipa::path]` attributes on the
-//! handlers in `http/items.rs` and `http/ops.rs`, schemas from `ToSchema` on the very body and
+//! handlers in `http/items.rs`, `http/reservations.rs` and `http/ops.rs`, schemas from `ToSchema` on the very body and
 //! response types the handlers use. A test (`tests/openapi.rs`) checks that
 //! every route of the router is documented and nothing else is.
 
