@@ -35,6 +35,7 @@ fn item(o: u64, i: u64) -> Item {
         id: Uuid::from_u128(((o as u128) << 64) | i as u128),
         name: ItemName::new(&format!("item {i}")).expect("valid name"),
         qty: Qty::ZERO,
+        reserved: countiq::domain::Qty::ZERO,
         version: 1,
         created_at: 1,
         updated_at: 1,
@@ -153,6 +154,7 @@ fn main() {
             last_lsn: (o + 1) * ITEMS_PER_OWNER,
             items: (0..ITEMS_PER_OWNER).map(|i| item(o, i)).collect(),
             keys: KeyTable::default(),
+            extra: Default::default(),
         })
         .collect();
     let info = write_snapshot(&b, covers, owners).expect("write snapshot");
@@ -199,6 +201,7 @@ fn main() {
             last_lsn: 0,
             items,
             keys: KeyTable::default(),
+            extra: Default::default(),
         }],
     )
     .expect("write");

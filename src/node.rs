@@ -218,6 +218,7 @@ impl Node {
                 last_lsn: c.last_lsn,
                 items: c.items,
                 keys: c.keys,
+                extra: c.extra,
             })
             .collect();
         let dir = self.config.data_dir.clone();

@@ -3,7 +3,9 @@
 //! proptest generates sequences of create (names from a small pool, so
 //! case-insensitive collisions happen), replace (with every kind of
 //! If-Match), adjust (deltas that cross both bounds), delete, transact
-//! (1-5 ops incl. missing ids), get and paged list; each is sent through
+//! (1-5 ops incl. missing ids), reserve (holds that may exceed what is
+//! available), commit and release (of open, gone and unknown holds), get
+//! and paged list; each is sent through
 //! `Node::registry().call` without HTTP, and after every step both the
 //! answer and the whole listed state are compared with a `BTreeMap` model.
 use std::collections::BTreeMap;
@@ -56,6 +58,16 @@ enum Step {
     Transact {
         ops: Vec<(Index, i64)>,
     },
+    Reserve {
+        item: Index,
+        qty: i64,
+    },
+    Commit {
+        hold: Index,
+    },
+    Release {
+        hold: Index,
+    },
     Get {
         item: Index,
     },
@@ -70,10 +82,16 @@ enum Step {
 struct M {
     name: String,
     qty: i64,
+    reserved: i64,
     version: u64,
 }
 
 type Model = BTreeMap<Uuid, M>;
+/// Open holds: id → (item, qty).
+type Holds = BTreeMap<Uuid, (Uuid, i64)>;
+/// Holds live for an hour: none expires during a case (expiry has its own
+/// tests, with a clock the test controls or a deadline).
+const HOLD_TTL_MICROS: i64 = 3_600_000_000;
 
 fn qty() -> impl Strategy<Value = i64> {
     prop_oneof![8 => 0i64..20, 1 => Just(QTY_MAX), 1 => Just(QTY_MAX - 1)]
@@ -104,6 +122,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<Index>().prop_map(|item| Step::Delete { item }),
         3 => proptest::collection::vec((any::<Index>(), delta()), 1..=5)
             .prop_map(|ops| Step::Transact { ops }),
+        3 => (any::<Index>(), 1i64..15).prop_map(|(item, qty)| Step::Reserve { item, qty }),
+        2 => any::<Index>().prop_map(|hold| Step::Commit { hold }),
+        1 => any::<Index>().prop_map(|hold| Step::Release { hold }),
         1 => any::<Index>().prop_map(|item| Step::Get { item }),
         1 => (proptest::option::of(any::<Index>()), 1usize..4)
             .prop_map(|(after, limit)| Step::List { after, limit }),
@@ -120,6 +141,19 @@ fn pick(model: &Model, gone: &[Uuid], never: Uuid, i: &Index) -> Uuid {
         live[k]
     } else if k < live.len() + gone.len() {
         gone[k - live.len()]
+    } else {
+        never
+    }
+}
+
+/// Pick a hold id: an open one, a gone one, or one that never existed.
+fn pick_hold(holds: &Holds, gone: &[Uuid], never: Uuid, i: &Index) -> Uuid {
+    let open: Vec<Uuid> = holds.keys().copied().collect();
+    let k = i.index(open.len() + gone.len() + 1);
+    if k < open.len() {
+        open[k]
+    } else if k < open.len() + gone.len() {
+        gone[k - open.len()]
     } else {
         never
     }
@@ -156,8 +190,20 @@ fn as_model(item: &Item) -> M {
     M {
         name: item.name.as_str().to_string(),
         qty: item.qty.get() as i64,
+        reserved: item.reserved.get() as i64,
         version: item.version,
     }
+}
+
+/// A qty an item may take: not below what it has reserved.
+fn above_reserved(m: &M, qty: i64, op_index: Option<u32>) -> Result<i64, Rejection> {
+    if qty < m.reserved {
+        return Err(Rejection::InsufficientAvailable {
+            available: (m.qty - m.reserved) as u64,
+            op_index,
+        });
+    }
+    Ok(qty)
 }
 
 fn bound(qty: i64, delta: i64, op_index: Option<u32>) -> Result<i64, Rejection> {
@@ -183,7 +229,8 @@ fn model_transact(model: &mut Model, ops: &[(Uuid, i64)]) -> Result<Vec<Uuid>, R
             touched.push(*id);
             m.version += 1;
         }
-        m.qty = bound(m.qty, *delta, op_index)?;
+        let next = bound(m.qty, *delta, op_index)?;
+        m.qty = above_reserved(m, next, op_index)?;
     }
     *model = work;
     Ok(touched)
@@ -233,6 +280,8 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
     let mut model = Model::new();
     let mut gone: Vec<Uuid> = Vec::new();
     let never = Uuid::now_v7();
+    let mut open_holds = Holds::new();
+    let mut gone_holds: Vec<Uuid> = Vec::new();
     for step in steps {
         match &step {
             Step::Create { name, qty } => {
@@ -251,6 +300,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     let want = M {
                         name: name.trim().to_string(),
                         qty: *qty,
+                        reserved: 0,
                         version: 1,
                     };
                     prop_assert_eq!(as_model(&item), want.clone());
@@ -280,9 +330,10 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                         Err(Rejection::VersionMismatch { current: m.version })
                     }
                     Some(_) if taken_by_other(&model, name, Some(id)) => Err(Rejection::NameTaken),
-                    Some(m) => Ok(M {
+                    Some(m) => above_reserved(m, *qty, None).map(|qty| M {
                         name: name.trim().to_string(),
-                        qty: *qty,
+                        qty,
+                        reserved: m.reserved,
                         version: m.version + 1,
                     }),
                 };
@@ -314,11 +365,14 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     Some(m) if !holds(if_match) => {
                         Err(Rejection::VersionMismatch { current: m.version })
                     }
-                    Some(m) => bound(m.qty, *delta, None).map(|qty| M {
-                        name: m.name.clone(),
-                        qty,
-                        version: m.version + 1,
-                    }),
+                    Some(m) => bound(m.qty, *delta, None)
+                        .and_then(|qty| above_reserved(m, qty, None))
+                        .map(|qty| M {
+                            name: m.name.clone(),
+                            qty,
+                            reserved: m.reserved,
+                            version: m.version + 1,
+                        }),
                 };
                 match (got, want) {
                     (Ok(Outcome::Updated(item)), Ok(m)) => {
@@ -334,6 +388,13 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(h.write(Command::Delete { id }).await, Ok(Outcome::Deleted));
                 if model.remove(&id).is_some() {
                     gone.push(id);
+                    open_holds.retain(|hold, (item, _)| {
+                        let keep = *item != id;
+                        if !keep {
+                            gone_holds.push(*hold);
+                        }
+                        keep
+                    });
                 }
             }
             Step::Transact { ops } => {
@@ -361,6 +422,65 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     }
                     (Err(got), Err(want)) => prop_assert_eq!(got, want),
                     (got, want) => return Err(mismatch(&step, got, want)),
+                }
+            }
+            Step::Reserve { item, qty } => {
+                let id = pick(&model, &gone, never, item);
+                let cmd = Command::Reserve {
+                    item: id,
+                    qty: Qty::new(*qty).unwrap(),
+                    ttl: HOLD_TTL_MICROS,
+                };
+                let got = h.write(cmd).await;
+                let want = match model.get(&id) {
+                    None => Err(Rejection::NotFound { op_index: None }),
+                    Some(m) if *qty > m.qty - m.reserved => Err(Rejection::InsufficientAvailable {
+                        available: (m.qty - m.reserved) as u64,
+                        op_index: None,
+                    }),
+                    Some(m) => Ok(M {
+                        reserved: m.reserved + qty,
+                        version: m.version + 1,
+                        ..m.clone()
+                    }),
+                };
+                match (got, want) {
+                    (Ok(Outcome::Reserved(hold, item)), Ok(m)) => {
+                        prop_assert_eq!((hold.item, hold.qty.get() as i64), (id, *qty));
+                        prop_assert!(!open_holds.contains_key(&hold.id));
+                        prop_assert_eq!(as_model(&item), m.clone());
+                        open_holds.insert(hold.id, (id, *qty));
+                        model.insert(id, m);
+                    }
+                    (Err(got), Err(want)) => prop_assert_eq!(got, want),
+                    (got, want) => return Err(mismatch(&step, got, want)),
+                }
+            }
+            Step::Commit { hold } => {
+                let rid = pick_hold(&open_holds, &gone_holds, never, hold);
+                let got = h.write(Command::CommitHold { hold: rid }).await;
+                match (got, open_holds.remove(&rid)) {
+                    (Ok(Outcome::Updated(item)), Some((id, q))) => {
+                        let m = model.get_mut(&id).expect("a hold's item exists");
+                        m.qty -= q;
+                        m.reserved -= q;
+                        m.version += 1;
+                        prop_assert_eq!(&as_model(&item), &*m);
+                        gone_holds.push(rid);
+                    }
+                    (Err(Rejection::HoldNotFound), None) => {}
+                    (got, want) => return Err(mismatch(&step, got, want)),
+                }
+            }
+            Step::Release { hold } => {
+                let rid = pick_hold(&open_holds, &gone_holds, never, hold);
+                let got = h.write(Command::ReleaseHold { hold: rid }).await;
+                prop_assert_eq!(got, Ok(Outcome::Deleted));
+                if let Some((id, q)) = open_holds.remove(&rid) {
+                    let m = model.get_mut(&id).expect("a hold's item exists");
+                    m.reserved -= q;
+                    m.version += 1;
+                    gone_holds.push(rid);
                 }
             }
             Step::Get { item } => {

@@ -203,6 +203,9 @@ impl Driver {
                     items.insert(i.id, i);
                 }
             }
+            Ok(Outcome::Reserved(_, i)) => {
+                items.insert(i.id, i);
+            }
             Err(_) => {}
         }
     }
@@ -349,6 +352,7 @@ fn snapshot_truncated_anywhere_is_refused() {
             last_lsn: 9,
             items,
             keys,
+            extra: Default::default(),
         });
     }
     let info = write_snapshot(dir.path(), 10, owners).unwrap();
@@ -511,12 +515,14 @@ fn golden_records() -> Vec<Record> {
     let flour = item(10, "flour", 2, 1, 100);
     let after_set = Item {
         qty: Qty::new(7).unwrap(),
+        reserved: countiq::domain::Qty::ZERO,
         version: 2,
         updated_at: 101,
         ..flour.clone()
     };
     let after_tx = Item {
         qty: Qty::new(9).unwrap(),
+        reserved: countiq::domain::Qty::ZERO,
         version: 3,
         updated_at: 102,
         ..flour.clone()
@@ -612,20 +618,25 @@ fn golden_snapshot_owners(records: &[Record]) -> Vec<OwnerSnapshot> {
                 last_lsn: last,
                 items,
                 keys,
+                extra: Default::default(),
             }
         })
         .collect()
 }
 
 #[test]
-fn regenerate_golden_v1() {
-    // Goal: (re)write the golden files, only when asked. Method: with
-    // COUNTIQ_REGEN_GOLDEN=1, write the golden segment (the records encoded
-    // by this build) and a snapshot through `write_snapshot`.
+fn regenerate_golden_v3() {
+    // Goal: (re)write the golden v3 files, only when asked. Method: with
+    // COUNTIQ_REGEN_GOLDEN=1, the real DirDisk prepares a file of
+    // GOLDEN_V3_BYTES, installs it as the segment for LSN 1 (the current
+    // header), the golden v3 records are written into it in one write, and
+    // the snapshot is written by `write_snapshot`. (The v1 and v2 files are
+    // frozen: this build no longer writes those formats.)
     if std::env::var("COUNTIQ_REGEN_GOLDEN").as_deref() != Ok("1") {
         return;
     }
-    let dir = golden_dir();
+    use countiq::storage::segment::{DirDisk, LogDisk, SegmentFile};
+    let dir = golden_v3_dir();
     fs::create_dir_all(&dir).unwrap();
     for entry in fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -633,38 +644,14 @@ fn regenerate_golden_v1() {
             fs::remove_file(path).unwrap();
         }
     }
-    let records = golden_records();
-    fs::write(
-        dir.join(segment_name(1)),
-        segment_bytes_version(1, 1, &records).0,
-    )
-    .unwrap();
-    write_snapshot(&dir, GOLDEN_COVERS, golden_snapshot_owners(&records)).unwrap();
-}
-
-#[test]
-fn regenerate_golden_v2() {
-    // Goal: (re)write the golden v2 segment, only when asked. Method: with
-    // COUNTIQ_REGEN_GOLDEN=1, the real DirDisk prepares a file of
-    // GOLDEN_V2_BYTES, installs it as the segment for LSN 1, and the golden
-    // records are written into it in one write, as the writer does.
-    if std::env::var("COUNTIQ_REGEN_GOLDEN").as_deref() != Ok("1") {
-        return;
-    }
-    use countiq::storage::segment::{DirDisk, LogDisk, SegmentFile};
-    let dir = golden_v2_dir();
-    fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(segment_name(1));
-    if path.exists() {
-        fs::remove_file(&path).unwrap();
-    }
-    let records = golden_records();
+    let records = golden_records_v3();
     let (bytes, _) = segment_bytes(1, &records);
     let mut disk = DirDisk::new(&dir);
-    let prepared = disk.prepare(GOLDEN_V2_BYTES).unwrap();
+    let prepared = disk.prepare(GOLDEN_V3_BYTES).unwrap();
     let mut seg = disk.install(prepared, 1).unwrap();
     seg.write_all(&bytes[SEGMENT_HEADER_BYTES..]).unwrap();
     seg.sync_data().unwrap();
+    write_snapshot(&dir, GOLDEN_V3_COVERS, golden_snapshot_owners_v3(&records)).unwrap();
 }
 
 #[test]
@@ -740,7 +727,8 @@ fn golden_v2_segment_reads_back_exactly() {
     let seg = golden_v2_dir().join(segment_name(1));
     let on_disk = fs::read(&seg)
         .unwrap_or_else(|e| panic!("{}: {e} (run with COUNTIQ_REGEN_GOLDEN=1)", seg.display()));
-    let (want, ends) = preallocated_bytes(1, &records, GOLDEN_V2_BYTES as usize);
+    let (mut want, ends) = segment_bytes_version(2, 1, &records);
+    want.resize(GOLDEN_V2_BYTES as usize, 0);
     assert_eq!(
         on_disk, want,
         "the v2 segment layout changed: a new format version is needed"
@@ -783,4 +771,220 @@ fn golden_v2_segment_reads_back_exactly() {
     assert_eq!(rec.report.torn_bytes_cut, 0);
     assert_eq!(rec.report.zero_tail_bytes_trimmed, GOLDEN_V2_BYTES - end);
     assert_eq!(fs::read(&path).unwrap(), want[..end as usize]);
+}
+
+// ---- golden files of format v3 (segments) / v2 (snapshots) -----------------
+
+fn golden_v3_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/v3")
+}
+
+/// The size the golden v3 segment was preallocated to.
+const GOLDEN_V3_BYTES: u64 = 4096;
+/// The v3 snapshot covers every v1 record and carol's first five.
+const GOLDEN_V3_COVERS: u64 = 23;
+const GOLDEN_CAROL_LAST: u64 = 22;
+
+/// The golden records plus carol's: every hold event, the hold outcome and
+/// rejections, a keyed hold. At carol's snapshot LSN one hold is open.
+fn golden_records_v3() -> Vec<Record> {
+    use countiq::domain::{Event, Hold};
+    let mut records = golden_records();
+    let carol = owner("carol");
+    let salt = item(20, "salt", 10, 1, 300);
+    let hold = |n: u128, q: u64, at: i64| Hold {
+        id: id(n),
+        item: id(20),
+        qty: Qty::new(q as i64).unwrap(),
+        created_at: at,
+        expires_at: at + 1_000,
+    };
+    let held = Item {
+        reserved: Qty::new(4).unwrap(),
+        version: 2,
+        updated_at: 301,
+        ..salt.clone()
+    };
+    let rejected = |r: Rejection| -> StoredResponse { Err(r) };
+    let rows: Vec<(
+        Option<Event>,
+        Option<countiq::domain::idempotency::KeyRecord>,
+    )> = vec![
+        (Some(Event::Created(salt.clone())), None),
+        (
+            Some(Event::Reserved {
+                hold: hold(21, 4, 301),
+                version: 2,
+            }),
+            Some(key(
+                "c-1",
+                1,
+                Ok(Outcome::Reserved(hold(21, 4, 301), held)),
+                FAR,
+            )),
+        ),
+        (
+            None,
+            Some(key(
+                "c-2",
+                2,
+                rejected(Rejection::InsufficientAvailable {
+                    available: 6,
+                    op_index: None,
+                }),
+                FAR,
+            )),
+        ),
+        (
+            None,
+            Some(key("c-3", 3, rejected(Rejection::HoldLimit), FAR)),
+        ),
+        (
+            None,
+            Some(key("c-4", 4, rejected(Rejection::HoldNotFound), FAR)),
+        ),
+        // snapshot point: LSN 22 (carol: salt qty 10, hold 21 of 4 open)
+        (
+            Some(Event::HoldCommitted {
+                hold: id(21),
+                change: change(20, 6, 3),
+                at: 302,
+            }),
+            None,
+        ),
+        (
+            Some(Event::Reserved {
+                hold: hold(22, 1, 303),
+                version: 4,
+            }),
+            None,
+        ),
+        (
+            Some(Event::HoldReleased {
+                hold: id(22),
+                version: 5,
+                at: 304,
+            }),
+            None,
+        ),
+        (
+            Some(Event::Reserved {
+                hold: hold(23, 2, 305),
+                version: 6,
+            }),
+            None,
+        ),
+        (
+            Some(Event::HoldsExpired {
+                holds: vec![id(23)],
+                at: 1_305,
+            }),
+            None,
+        ),
+    ];
+    for (event, key) in rows {
+        let lsn = records.len() as u64 + 1;
+        records.push(Record {
+            lsn,
+            owner: carol.clone(),
+            event,
+            key,
+        });
+    }
+    records
+}
+
+/// The v2 snapshot content: v1's owners (with their histories now) and
+/// carol at GOLDEN_CAROL_LAST, from an in-memory replay.
+fn golden_snapshot_owners_v3(records: &[Record]) -> Vec<OwnerSnapshot> {
+    [
+        ("alice", GOLDEN_ALICE_LAST),
+        ("bob", GOLDEN_BOB_LAST),
+        ("carol", GOLDEN_CAROL_LAST),
+    ]
+    .into_iter()
+    .map(|(name, last)| {
+        let o = owner(name);
+        let mine: Vec<Record> = records
+            .iter()
+            .filter(|r| r.owner == o && r.lsn <= last)
+            .cloned()
+            .collect();
+        let state = replay_in_memory(&mine).remove(&o).unwrap_or_default();
+        let (mut items, keys) = state.snapshot_view();
+        items.sort_by_key(|i| i.id);
+        OwnerSnapshot {
+            owner: o,
+            last_lsn: last,
+            items,
+            keys,
+            extra: sorted_extra(state.snapshot_extra()),
+        }
+    })
+    .collect()
+}
+
+fn sorted_extra(mut e: countiq::domain::OwnerExtra) -> countiq::domain::OwnerExtra {
+    e.holds.sort_by_key(|h| h.id);
+    e.history.sort_by_key(|(id, _)| *id);
+    e
+}
+
+#[test]
+fn golden_v3_files_read_back_exactly() {
+    // Goal: the format with reservations and history is pinned like v1 and
+    // v2. Method: the committed v3 segment must be exactly the current
+    // header, the golden v3 records (every hold event) and zeros; the v2
+    // snapshot must load to exactly the expected owners, holds and
+    // histories; recovering a copy of both must give exactly the in-memory
+    // replay (items, keys, holds and histories) of every record.
+    let dir = golden_v3_dir();
+    let records = golden_records_v3();
+    let seg = dir.join(segment_name(1));
+    let on_disk = fs::read(&seg)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with COUNTIQ_REGEN_GOLDEN=1)", seg.display()));
+    let (want, _) = preallocated_bytes(1, &records, GOLDEN_V3_BYTES as usize);
+    assert_eq!(
+        on_disk, want,
+        "the v3 record encoding changed: a new format version is needed"
+    );
+    let snap = snapshot::load(&dir.join(snapshot::snapshot_name(GOLDEN_V3_COVERS))).unwrap();
+    let want = golden_snapshot_owners_v3(&records);
+    assert_eq!(snap.owners.len(), want.len());
+    let carol = owner("carol");
+    for (got, want) in snap.owners.iter().zip(&want) {
+        assert_eq!((&got.owner, got.last_lsn), (&want.owner, want.last_lsn));
+        let mut items = got.items.clone();
+        items.sort_by_key(|i| i.id);
+        assert_eq!(items, want.items);
+        assert_eq!(sorted_extra(got.extra.clone()), want.extra);
+        if got.owner == carol {
+            assert_eq!(got.extra.holds.len(), 1, "one hold open at the snapshot");
+        }
+    }
+    let work = scratch_dir();
+    for name in [segment_name(1), snapshot::snapshot_name(GOLDEN_V3_COVERS)] {
+        fs::copy(dir.join(&name), work.path().join(&name)).unwrap();
+    }
+    let rec = recover(work.path(), 0).unwrap();
+    assert_eq!(rec.next_lsn, records.len() as u64 + 1);
+    let live = replay_in_memory(&records);
+    assert_eq!(recovered_views(&rec.owners), views(&live));
+    for (o, r) in &rec.owners {
+        r.state.check_invariants().unwrap();
+        assert_eq!(
+            sorted_extra(r.state.snapshot_extra()),
+            sorted_extra(live[o].snapshot_extra()),
+            "{o}: holds and history survive the snapshot and replay"
+        );
+    }
+    let salt = rec.owners[&carol].state.get(&id(20)).unwrap().clone();
+    assert_eq!(
+        (salt.qty.get(), salt.reserved.get(), salt.version),
+        (6, 0, 7)
+    );
+    let mut out = Vec::new();
+    dump(work.path(), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("HoldsExpired"), "{text}");
 }

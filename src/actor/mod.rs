@@ -31,7 +31,9 @@ use uuid::Uuid;
 use crate::domain::idempotency::{
     Fingerprint, IdemKey, KeyTable, Lookup, StoredResponse, KEY_SWEEP_PER_WRITE,
 };
-use crate::domain::{Command, Ctx, Item, KeyStamp, Micros, OwnerId, OwnerState};
+use crate::domain::{
+    Command, Ctx, HistoryEntry, Item, KeyStamp, Micros, OwnerExtra, OwnerId, OwnerState,
+};
 use crate::storage::codec::encode_record;
 use crate::storage::pipeline::{Failed, Waiter};
 use crate::storage::wal::Appender;
@@ -55,6 +57,14 @@ pub struct Read<T> {
 pub struct Page {
     pub items: Vec<Item>,
     /// Whether more items follow the last one.
+    pub more: bool,
+}
+
+/// One page of an item's history, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub entries: Vec<HistoryEntry>,
+    /// Whether older entries follow the last one.
     pub more: bool,
 }
 
@@ -90,6 +100,7 @@ pub struct OwnerCopy {
     pub last_lsn: u64,
     pub items: Vec<Item>,
     pub keys: KeyTable,
+    pub extra: OwnerExtra,
 }
 
 type Respond<T> = oneshot::Sender<Result<T, CallError>>;
@@ -110,6 +121,12 @@ pub(crate) enum Call {
         key: Option<(IdemKey, Fingerprint)>,
         tx: Respond<Written>,
     },
+    History {
+        id: Uuid,
+        before: Option<u64>,
+        limit: usize,
+        tx: Respond<Read<Option<HistoryPage>>>,
+    },
 }
 
 pub(crate) enum Msg {
@@ -125,6 +142,10 @@ pub(crate) enum Msg {
 pub enum Reply {
     Item(Respond<Read<Option<Item>>>, Read<Option<Item>>),
     Page(Respond<Read<Page>>, Read<Page>),
+    History(
+        Respond<Read<Option<HistoryPage>>>,
+        Read<Option<HistoryPage>>,
+    ),
     Write(Respond<Written>, Written),
     /// Nothing to answer but "durable" (a snapshot waiting for the log).
     Barrier(Respond<()>),
@@ -135,6 +156,7 @@ impl Waiter for Reply {
         match self {
             Reply::Item(tx, answer) => deliver(tx, answer, result),
             Reply::Page(tx, answer) => deliver(tx, answer, result),
+            Reply::History(tx, answer) => deliver(tx, answer, result),
             Reply::Write(tx, answer) => deliver(tx, answer, result),
             Reply::Barrier(tx) => deliver(tx, (), result),
         }
@@ -164,7 +186,11 @@ fn describe_transition(cmd: &Command, result: &StoredResponse) -> (String, Strin
             id.to_string()
         }
         (Command::Transact { ops }, _) => format!("{} ops", ops.len()),
-        (Command::Create { .. }, _) => "-".into(),
+        (Command::Reserve { item, .. }, _) => item.to_string(),
+        (Command::CommitHold { hold } | Command::ReleaseHold { hold }, _) => {
+            format!("hold {hold}")
+        }
+        (Command::Create { .. } | Command::ExpireHolds, _) => "-".into(),
     };
     let outcome = match result {
         Ok(_) => "applied".to_string(),
@@ -275,14 +301,26 @@ impl OwnerActor {
         // keeps a few slots, not MAILBOX_BATCH_MAX of them.
         let mut batch = Vec::new();
         loop {
-            let received = match self.shared.config.idle_after {
-                Some(idle) => match tokio::time::timeout(
-                    idle,
+            // With open holds the actor wakes when the next one is due (and
+            // does not park); otherwise it waits for mail or parks when idle.
+            let expiry = self.until_next_expiry();
+            let wait = match (self.shared.config.idle_after, expiry) {
+                (Some(idle), Some(due)) => Some(idle.min(due)),
+                (idle, due) => idle.or(due),
+            };
+            let received = match wait {
+                Some(wait) => match tokio::time::timeout(
+                    wait,
                     self.rx.recv_many(&mut batch, MAILBOX_BATCH_MAX),
                 )
                 .await
                 {
                     Ok(n) => n,
+                    Err(_elapsed) if expiry.is_some() => {
+                        self.shared.log.wait_for_room().await;
+                        self.expire_due();
+                        continue;
+                    }
                     Err(_elapsed) => {
                         self.try_park();
                         return;
@@ -316,6 +354,11 @@ impl OwnerActor {
 
     /// Handle one message. Synchronous on purpose (see the module docs).
     fn handle(&mut self, msg: Msg) {
+        // Due holds are released before any call sees the state (one
+        // bounded step per message; the timer in `run` does the rest).
+        if matches!(msg, Msg::Call(_)) && self.state.next_hold_expiry().is_some() {
+            self.expire_due();
+        }
         match msg {
             Msg::Call(call) => match *call {
                 Call::Get { id, tx } => {
@@ -327,6 +370,16 @@ impl OwnerActor {
                     self.respond(Reply::Page(tx, self.read(Page { items, more })));
                 }
                 Call::Write { cmd, key, tx } => self.write(cmd, key, tx),
+                Call::History {
+                    id,
+                    before,
+                    limit,
+                    tx,
+                } => {
+                    let page = (self.state.history(&id, before, limit))
+                        .map(|(entries, more)| HistoryPage { entries, more });
+                    self.respond(Reply::History(tx, self.read(page)));
+                }
             },
             Msg::Copy { tx } => {
                 let started = std::time::Instant::now();
@@ -338,8 +391,39 @@ impl OwnerActor {
                     last_lsn: self.last_lsn,
                     items,
                     keys,
+                    extra: self.state.snapshot_extra(),
                 });
             }
+        }
+    }
+
+    /// How long until the next hold is due (zero if one is), if any.
+    fn until_next_expiry(&self) -> Option<Duration> {
+        let next = self.state.next_hold_expiry()?;
+        let now = self.shared.clock.now_micros();
+        Some(Duration::from_micros(next.saturating_sub(now).max(0) as u64))
+    }
+
+    /// One bounded expiry step: release up to `HOLD_EXPIRE_PER_STEP` holds
+    /// due by now, logged as one `HoldsExpired` record with no reply (the
+    /// time is in the event, so replay needs no clock).
+    fn expire_due(&mut self) {
+        let now = self.shared.clock.now_micros();
+        if self.state.next_hold_expiry().is_none_or(|at| at > now) {
+            return;
+        }
+        let ctx = Ctx {
+            now,
+            new_id: Uuid::nil(),
+        };
+        let applied = self.state.apply(&Command::ExpireHolds, ctx, None);
+        let Some(event) = applied.event.as_ref() else {
+            return;
+        };
+        let owner = &self.owner;
+        let encode = |lsn, buf: &mut Vec<u8>| encode_record(lsn, owner, Some(event), None, buf);
+        if let Ok(lsn) = self.shared.log.pipeline.append(encode, None) {
+            self.last_lsn = lsn;
         }
     }
 
@@ -369,7 +453,7 @@ impl OwnerActor {
             }
         }
         let new_id = match cmd {
-            Command::Create { .. } => Uuid::now_v7(),
+            Command::Create { .. } | Command::Reserve { .. } => Uuid::now_v7(),
             _ => Uuid::nil(),
         };
         let ttl_micros = self.shared.config.key_ttl.as_micros() as Micros;

@@ -27,7 +27,8 @@ use uuid::Uuid;
 
 use super::slot::{Mailbox, SendError, Slot, View};
 use super::{
-    spawn, Call, CallError, Msg, OwnerCopy, OwnerHandle, Page, Read, Reply, Shared, Written,
+    spawn, Call, CallError, HistoryPage, Msg, OwnerCopy, OwnerHandle, Page, Read, Reply, Shared,
+    Written,
 };
 use crate::domain::idempotency::{Fingerprint, IdemKey};
 use crate::domain::{Command, Item, OwnerId, OwnerState};
@@ -143,6 +144,24 @@ impl Registry {
     }
 
     /// Up to `limit` items after `after` (exclusive), in listing order.
+    /// A page of item `id`'s history, newest first, versions below
+    /// `before`; `None` when the item does not exist.
+    pub async fn history(
+        &self,
+        owner: &OwnerId,
+        id: Uuid,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Read<Option<HistoryPage>>, CallError> {
+        self.call(owner, |tx| Call::History {
+            id,
+            before,
+            limit,
+            tx,
+        })
+        .await
+    }
+
     pub async fn list(
         &self,
         owner: &OwnerId,
@@ -292,6 +311,7 @@ fn copy_parked(owner: &OwnerId, p: &Parked) -> OwnerCopy {
         last_lsn: p.last_lsn,
         items,
         keys,
+        extra: p.state.snapshot_extra(),
     }
 }
 

@@ -13,10 +13,13 @@
 //! No tokio, no I/O, no clock: the caller passes the time and the new id in
 //! [`Ctx`]. This is the place for every business rule.
 
+mod holds;
 pub mod idempotency;
 mod types;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+pub use holds::*;
 
 pub use types::*;
 use uuid::Uuid;
@@ -34,9 +37,19 @@ pub struct Item {
     pub id: Uuid,
     pub name: ItemName,
     pub qty: Qty,
+    /// Units held by open reservations: the sum of the item's holds, never
+    /// above `qty`. `available = qty - reserved`.
+    pub reserved: Qty,
     pub version: u64,
     pub created_at: Micros,
     pub updated_at: Micros,
+}
+
+impl Item {
+    /// `qty - reserved`: what a new hold or a decrease may take.
+    pub fn available(&self) -> u64 {
+        self.qty.get() - self.reserved.get()
+    }
 }
 
 /// `If-Match` as the domain sees it: `*` (any current version) or a list of
@@ -89,6 +102,24 @@ pub enum Command {
     Transact {
         ops: Vec<TxOp>,
     },
+    /// Hold `qty` (≥ 1) units of `item` for `ttl` µs; the hold's id is
+    /// `Ctx::new_id`.
+    Reserve {
+        item: Uuid,
+        qty: Qty,
+        ttl: Micros,
+    },
+    /// Turn a hold into a decrease: qty and reserved both fall by its qty.
+    CommitHold {
+        hold: Uuid,
+    },
+    /// Drop a hold (accepted without an event when it is already gone).
+    ReleaseHold {
+        hold: Uuid,
+    },
+    /// Release up to `HOLD_EXPIRE_PER_STEP` holds whose expiry is at or
+    /// before `Ctx::now` (the actor's own message; never from a client).
+    ExpireHolds,
 }
 
 /// What the caller supplies so that `decide` stays pure.
@@ -128,6 +159,32 @@ pub enum Event {
         changes: Vec<QtyVersion>,
         at: Micros,
     },
+    /// A hold was placed; its item is at `version` (reserved grew by
+    /// `hold.qty`) as of `hold.created_at`.
+    Reserved {
+        hold: Hold,
+        version: u64,
+    },
+    /// A hold became a decrease: `change` is the item's qty and version
+    /// after it (reserved fell by the hold's qty).
+    HoldCommitted {
+        hold: Uuid,
+        change: QtyVersion,
+        at: Micros,
+    },
+    /// A hold was released by the client; its item is at `version`.
+    HoldReleased {
+        hold: Uuid,
+        version: u64,
+        at: Micros,
+    },
+    /// Holds released by expiry, in order, at `at` (the actor's clock when
+    /// it decided, stored so replay never reads a clock). Each release
+    /// advances its item's version by one.
+    HoldsExpired {
+        holds: Vec<Uuid>,
+        at: Micros,
+    },
 }
 
 /// The answer to an accepted command.
@@ -137,6 +194,8 @@ pub enum Outcome {
     Updated(Item),
     Deleted,
     Transacted(Vec<Item>),
+    /// A new hold, and its item after it.
+    Reserved(Hold, Item),
 }
 
 /// The idempotency key a request came with, and when its record expires.
@@ -179,6 +238,15 @@ pub enum Rejection {
     VersionMismatch { current: u64 },
     #[error("this owner already holds {ITEMS_PER_OWNER_MAX} items")]
     ItemLimit,
+    #[error("only {available} units are available (qty minus reserved)")]
+    InsufficientAvailable {
+        available: u64,
+        op_index: Option<u32>,
+    },
+    #[error("too many open reservations (at most {HOLDS_PER_ITEM_MAX} per item and {HOLDS_PER_OWNER_MAX} per owner)")]
+    HoldLimit,
+    #[error("reservation not found")]
+    HoldNotFound,
 }
 
 /// One owner's namespace: its items, the indexes that keep names unique and
@@ -191,6 +259,14 @@ pub struct OwnerState {
     /// Ids in order: the stable listing order (UUID v7, so creation order).
     order: BTreeSet<Uuid>,
     pub keys: idempotency::KeyTable,
+    /// Open holds by id.
+    holds: HashMap<Uuid, Hold>,
+    /// (expires_at, hold id): the next holds to expire first.
+    hold_expiry: BTreeSet<(Micros, Uuid)>,
+    /// (item, hold id): an item's holds.
+    holds_by_item: BTreeSet<(Uuid, Uuid)>,
+    /// Each item's last `HISTORY_PER_ITEM_MAX` transitions, oldest first.
+    history: HashMap<Uuid, VecDeque<HistoryEntry>>,
 }
 
 impl OwnerState {
@@ -250,7 +326,121 @@ impl OwnerState {
                 .contains_key(id)
                 .then_some(Event::Deleted { id: *id })),
             Command::Transact { ops } => self.decide_transact(ops, ctx).map(Some),
+            Command::Reserve { item, qty, ttl } => {
+                self.decide_reserve(*item, *qty, *ttl, ctx).map(Some)
+            }
+            Command::CommitHold { hold } => self.decide_commit(*hold, ctx).map(Some),
+            Command::ReleaseHold { hold } => {
+                Ok(self.holds.get(hold).map(|h| Event::HoldReleased {
+                    hold: *hold,
+                    version: self.items[&h.item].version + 1,
+                    at: ctx.now,
+                }))
+            }
+            Command::ExpireHolds => Ok(self.decide_expire(ctx)),
         }
+    }
+
+    fn decide_reserve(
+        &self,
+        id: Uuid,
+        qty: Qty,
+        ttl: Micros,
+        ctx: Ctx,
+    ) -> Result<Event, Rejection> {
+        let item = self.existing(id, None)?;
+        if qty.get() > item.available() {
+            return Err(Rejection::InsufficientAvailable {
+                available: item.available(),
+                op_index: None,
+            });
+        }
+        if self.holds.len() >= HOLDS_PER_OWNER_MAX || self.holds_of(id) >= HOLDS_PER_ITEM_MAX {
+            return Err(Rejection::HoldLimit);
+        }
+        assert!(
+            !self.holds.contains_key(&ctx.new_id),
+            "the actor must supply a fresh hold id"
+        );
+        Ok(Event::Reserved {
+            hold: Hold {
+                id: ctx.new_id,
+                item: id,
+                qty,
+                created_at: ctx.now,
+                expires_at: ctx.now.saturating_add(ttl),
+            },
+            version: item.version + 1,
+        })
+    }
+
+    fn decide_commit(&self, hold: Uuid, ctx: Ctx) -> Result<Event, Rejection> {
+        let h = self.holds.get(&hold).ok_or(Rejection::HoldNotFound)?;
+        let item = &self.items[&h.item];
+        let change = QtyVersion {
+            id: item.id,
+            qty: Qty::from_stored(item.qty.get() - h.qty.get()).expect("reserved <= qty"),
+            version: item.version + 1,
+        };
+        Ok(Event::HoldCommitted {
+            hold,
+            change,
+            at: ctx.now,
+        })
+    }
+
+    fn decide_expire(&self, ctx: Ctx) -> Option<Event> {
+        let holds: Vec<Uuid> = self
+            .hold_expiry
+            .iter()
+            .take_while(|(at, _)| *at <= ctx.now)
+            .take(HOLD_EXPIRE_PER_STEP)
+            .map(|(_, id)| *id)
+            .collect();
+        (!holds.is_empty()).then_some(Event::HoldsExpired { holds, at: ctx.now })
+    }
+
+    /// Open holds on `item`.
+    fn holds_of(&self, item: Uuid) -> usize {
+        self.holds_by_item
+            .range((item, Uuid::nil())..=(item, Uuid::max()))
+            .count()
+    }
+
+    /// When the next hold expires, if any (the actor's timer).
+    pub fn next_hold_expiry(&self) -> Option<Micros> {
+        self.hold_expiry.first().map(|(at, _)| *at)
+    }
+
+    /// An open hold.
+    pub fn hold(&self, id: &Uuid) -> Option<&Hold> {
+        self.holds.get(id)
+    }
+
+    /// Open holds, in no particular order (snapshots).
+    pub fn holds(&self) -> impl Iterator<Item = &Hold> {
+        self.holds.values()
+    }
+
+    /// A page of `id`'s history, newest first: entries with a version below
+    /// `before` (all when `None`), at most `limit`, and whether more follow.
+    /// `None` when the item does not exist.
+    pub fn history(
+        &self,
+        id: &Uuid,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Option<(Vec<HistoryEntry>, bool)> {
+        self.items.get(id)?;
+        let entries = self.history.get(id);
+        let mut older = entries
+            .into_iter()
+            .flatten()
+            .rev()
+            .filter(|e| before.is_none_or(|b| e.version < b));
+        let page: Vec<HistoryEntry> = older.by_ref().take(limit).cloned().collect();
+        let more = older.next().is_some();
+        Some((page, more))
     }
 
     fn decide_create(&self, name: &ItemName, qty: Qty, ctx: Ctx) -> Result<Event, Rejection> {
@@ -268,6 +458,7 @@ impl OwnerState {
             id: ctx.new_id,
             name: name.clone(),
             qty,
+            reserved: Qty::ZERO,
             version: 1,
             created_at: ctx.now,
             updated_at: ctx.now,
@@ -288,10 +479,12 @@ impl OwnerState {
                 return Err(Rejection::NameTaken);
             }
         }
+        check_reserved(item, qty, None)?;
         Ok(Event::Replaced(Item {
             id,
             name: name.clone(),
             qty,
+            reserved: item.reserved,
             version: item.version + 1,
             created_at: item.created_at,
             updated_at: ctx.now,
@@ -310,6 +503,7 @@ impl OwnerState {
             .qty
             .apply(delta)
             .map_err(|b| bound_rejection(b, None))?;
+        check_reserved(item, qty, None)?;
         let change = QtyVersion {
             id,
             qty,
@@ -349,10 +543,19 @@ impl OwnerState {
                 }
             };
             let change = &mut changes[slot];
-            change.qty = change
+            let next = change
                 .qty
                 .apply(op.delta)
                 .map_err(|b| bound_rejection(b, op_index))?;
+            let reserved = self.items[&op.item].reserved;
+            if next < reserved {
+                // What this op found available: earlier ops count.
+                return Err(Rejection::InsufficientAvailable {
+                    available: change.qty.get() - reserved.get(),
+                    op_index,
+                });
+            }
+            change.qty = next;
         }
         Ok(Event::Transacted {
             changes,
@@ -390,14 +593,23 @@ impl OwnerState {
                 if self.names.contains_key(&item.name.unique_key()) {
                     return Err(format!("created item's name {:?} is taken", item.name));
                 }
-                if item.version != 1 {
-                    return Err(format!("created item has version {}", item.version));
+                if item.version != 1 || item.reserved != Qty::ZERO {
+                    return Err(format!(
+                        "created item has version {} and reserved {:?}",
+                        item.version, item.reserved
+                    ));
                 }
                 Ok(())
             }
             Event::Replaced(item) => {
                 let old = self.existing_for_event(&item.id)?;
                 check_next_version(old, item.version)?;
+                if item.reserved != old.reserved || item.qty < item.reserved {
+                    return Err(format!(
+                        "replaced item {} changes its reservations",
+                        item.id
+                    ));
+                }
                 match self.names.get(&item.name.unique_key()) {
                     Some(holder) if *holder != item.id => {
                         Err(format!("replaced item's name {:?} is taken", item.name))
@@ -405,9 +617,7 @@ impl OwnerState {
                     _ => Ok(()),
                 }
             }
-            Event::QtySet { change, .. } => {
-                check_next_version(self.existing_for_event(&change.id)?, change.version)
-            }
+            Event::QtySet { change, .. } => self.check_change(change),
             Event::Deleted { id } => self.existing_for_event(id).map(|_| ()),
             Event::Transacted { changes, .. } => {
                 let mut seen = BTreeSet::new();
@@ -415,11 +625,63 @@ impl OwnerState {
                     if !seen.insert(change.id) {
                         return Err(format!("transaction changes item {} twice", change.id));
                     }
-                    check_next_version(self.existing_for_event(&change.id)?, change.version)?;
+                    self.check_change(change)?;
+                }
+                Ok(())
+            }
+            Event::Reserved { hold, version } => {
+                let item = self.existing_for_event(&hold.item)?;
+                check_next_version(item, *version)?;
+                if self.holds.contains_key(&hold.id) {
+                    return Err(format!("hold {} already exists", hold.id));
+                }
+                if hold.qty.get() > item.available() {
+                    return Err(format!("hold {} exceeds what is available", hold.id));
+                }
+                Ok(())
+            }
+            Event::HoldCommitted { hold, change, .. } => {
+                let h = self.hold_for_event(hold)?;
+                let item = self.existing_for_event(&h.item)?;
+                check_next_version(item, change.version)?;
+                if change.id != h.item || change.qty.get() + h.qty.get() != item.qty.get() {
+                    return Err(format!("commit of hold {hold} does not match its item"));
+                }
+                Ok(())
+            }
+            Event::HoldReleased { hold, version, .. } => {
+                let h = self.hold_for_event(hold)?;
+                check_next_version(self.existing_for_event(&h.item)?, *version)
+            }
+            Event::HoldsExpired { holds, at } => {
+                let mut seen = BTreeSet::new();
+                for hold in holds {
+                    let h = self.hold_for_event(hold)?;
+                    if !seen.insert(*hold) || h.expires_at > *at {
+                        return Err(format!("hold {hold} expired twice or early"));
+                    }
                 }
                 Ok(())
             }
         }
+    }
+
+    fn check_change(&self, change: &QtyVersion) -> Result<(), String> {
+        let item = self.existing_for_event(&change.id)?;
+        check_next_version(item, change.version)?;
+        if change.qty < item.reserved {
+            return Err(format!(
+                "item {} would fall below its reserved qty",
+                change.id
+            ));
+        }
+        Ok(())
+    }
+
+    fn hold_for_event(&self, id: &Uuid) -> Result<&Hold, String> {
+        self.holds
+            .get(id)
+            .ok_or_else(|| format!("hold {id} does not exist"))
     }
 
     fn existing_for_event(&self, id: &Uuid) -> Result<&Item, String> {
@@ -432,6 +694,12 @@ impl OwnerState {
     /// Panics on an event that does not fit the state: that is a bug or a
     /// log that does not belong to this state, never bad input.
     pub fn evolve(&mut self, event: &Event) {
+        self.evolve_keyed(event, None);
+    }
+
+    /// `evolve`, with the idempotency key the event was logged with (it
+    /// goes into the items' history). Live and replay both pass it.
+    pub fn evolve_keyed(&mut self, event: &Event, key: Option<&idempotency::IdemKey>) {
         match event {
             Event::Created(item) => {
                 let clash = self.names.insert(item.name.unique_key(), item.id);
@@ -439,35 +707,143 @@ impl OwnerState {
                 self.order.insert(item.id);
                 let old = self.items.insert(item.id, item.clone());
                 assert!(old.is_none(), "created item's id must be fresh");
+                let delta = item.qty.get() as i64;
+                self.record(item.id, Change::Created, delta, item.created_at, key);
             }
             Event::Replaced(item) => {
                 let old = self.items.get_mut(&item.id).expect("replaced item exists");
+                let delta = item.qty.get() as i64 - old.qty.get() as i64;
                 if old.name != item.name {
                     self.names.remove(&old.name.unique_key());
                     self.names.insert(item.name.unique_key(), item.id);
                 }
                 *old = item.clone();
+                self.record(item.id, Change::Replaced, delta, item.updated_at, key);
             }
-            Event::QtySet { change, at } => self.set_qty(change, *at),
+            Event::QtySet { change, at } => {
+                let delta = self.set_qty(change, *at);
+                self.record(change.id, Change::Adjusted, delta, *at, key);
+            }
             Event::Deleted { id } => {
                 let old = self.items.remove(id).expect("deleted item exists");
                 self.names.remove(&old.name.unique_key());
                 self.order.remove(id);
+                self.history.remove(id);
+                let held: Vec<Uuid> = self
+                    .holds_by_item
+                    .range((*id, Uuid::nil())..=(*id, Uuid::max()))
+                    .map(|(_, hold)| *hold)
+                    .collect();
+                for hold in held {
+                    self.remove_hold(&hold);
+                }
             }
             Event::Transacted { changes, at } => {
                 for change in changes {
-                    self.set_qty(change, *at);
+                    let delta = self.set_qty(change, *at);
+                    self.record(change.id, Change::Transacted, delta, *at, key);
+                }
+            }
+            Event::Reserved { hold, version } => {
+                let item = self.items.get_mut(&hold.item).expect("held item exists");
+                assert_eq!(item.version + 1, *version, "versions advance by one");
+                item.reserved = Qty::from_stored(item.reserved.get() + hold.qty.get())
+                    .filter(|r| *r <= item.qty)
+                    .expect("a hold fits what is available");
+                item.version = *version;
+                item.updated_at = hold.created_at;
+                let old = self.holds.insert(hold.id, *hold);
+                assert!(old.is_none(), "a hold's id must be fresh");
+                self.hold_expiry.insert((hold.expires_at, hold.id));
+                self.holds_by_item.insert((hold.item, hold.id));
+                let change = Change::Reserved { hold: hold.id };
+                self.record(hold.item, change, 0, hold.created_at, key);
+            }
+            Event::HoldCommitted { hold, change, at } => {
+                let h = self.remove_hold(hold);
+                let item = self.items.get_mut(&h.item).expect("held item exists");
+                assert_eq!(item.version + 1, change.version, "versions advance by one");
+                assert_eq!(change.qty.get() + h.qty.get(), item.qty.get());
+                item.qty = change.qty;
+                item.version = change.version;
+                item.updated_at = *at;
+                let delta = -(h.qty.get() as i64);
+                self.record(h.item, Change::Committed { hold: *hold }, delta, *at, key);
+            }
+            Event::HoldReleased { hold, version, at } => {
+                let h = self.remove_hold(hold);
+                let item = self.items.get_mut(&h.item).expect("held item exists");
+                assert_eq!(item.version + 1, *version, "versions advance by one");
+                item.version = *version;
+                item.updated_at = *at;
+                self.record(h.item, Change::Released { hold: *hold }, 0, *at, key);
+            }
+            Event::HoldsExpired { holds, at } => {
+                for hold in holds {
+                    let h = self.remove_hold(hold);
+                    assert!(h.expires_at <= *at, "a hold expires at or after its time");
+                    let item = self.items.get_mut(&h.item).expect("held item exists");
+                    item.version += 1;
+                    item.updated_at = *at;
+                    self.record(h.item, Change::Expired { hold: *hold }, 0, *at, None);
                 }
             }
         }
     }
 
-    fn set_qty(&mut self, change: &QtyVersion, at: Micros) {
+    /// Remove a hold and its reservation on its item (the item's version
+    /// is the caller's business).
+    fn remove_hold(&mut self, id: &Uuid) -> Hold {
+        let hold = self.holds.remove(id).expect("the hold exists");
+        self.hold_expiry.remove(&(hold.expires_at, hold.id));
+        self.holds_by_item.remove(&(hold.item, hold.id));
+        if let Some(item) = self.items.get_mut(&hold.item) {
+            item.reserved = Qty::from_stored(item.reserved.get() - hold.qty.get())
+                .expect("reserved is the sum of the holds");
+        }
+        hold
+    }
+
+    /// Append the item's current qty/version as a history entry, dropping
+    /// the oldest beyond `HISTORY_PER_ITEM_MAX`.
+    fn record(
+        &mut self,
+        id: Uuid,
+        change: Change,
+        delta: i64,
+        at: Micros,
+        key: Option<&idempotency::IdemKey>,
+    ) {
+        let item = &self.items[&id];
+        let entry = HistoryEntry {
+            version: item.version,
+            at,
+            change,
+            qty: item.qty,
+            reserved: item.reserved,
+            delta,
+            key: key.cloned(),
+        };
+        let entries = self.history.entry(id).or_default();
+        if entries.len() >= HISTORY_PER_ITEM_MAX {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+    }
+
+    /// Set a qty and version; returns the qty change.
+    fn set_qty(&mut self, change: &QtyVersion, at: Micros) -> i64 {
         let item = self.items.get_mut(&change.id).expect("changed item exists");
         assert_eq!(item.version + 1, change.version, "versions advance by one");
+        assert!(
+            change.qty >= item.reserved,
+            "qty never falls below reserved"
+        );
+        let delta = change.qty.get() as i64 - item.qty.get() as i64;
         item.qty = change.qty;
         item.version = change.version;
         item.updated_at = at;
+        delta
     }
 
     /// One whole transition, the one way every caller runs a command (the
@@ -480,7 +856,7 @@ impl OwnerState {
         let (event, result) = match self.decide(cmd, ctx) {
             Ok(event) => {
                 if let Some(e) = &event {
-                    self.evolve(e);
+                    self.evolve_keyed(e, key.as_ref().map(|k| &k.key));
                 }
                 let outcome = self.outcome(cmd, event.as_ref());
                 (event, Ok(outcome))
@@ -514,7 +890,17 @@ impl OwnerState {
             (_, Some(Event::Transacted { changes, .. })) => {
                 Outcome::Transacted(changes.iter().map(|c| item(&c.id)).collect())
             }
-            (_, Some(Event::Deleted { .. })) | (Command::Delete { .. }, None) => Outcome::Deleted,
+            (_, Some(Event::Reserved { hold, .. })) => Outcome::Reserved(*hold, item(&hold.item)),
+            (_, Some(Event::HoldCommitted { change, .. })) => Outcome::Updated(item(&change.id)),
+            (
+                _,
+                Some(
+                    Event::Deleted { .. } | Event::HoldReleased { .. } | Event::HoldsExpired { .. },
+                ),
+            )
+            | (Command::Delete { .. } | Command::ReleaseHold { .. } | Command::ExpireHolds, None) => {
+                Outcome::Deleted
+            }
             (_, None) => unreachable!("only Delete may be accepted without an event"),
         }
     }
@@ -551,12 +937,127 @@ impl OwnerState {
         (self.items.values().cloned().collect(), self.keys.clone())
     }
 
+    /// Copy of the holds and histories (snapshots; next to `snapshot_view`).
+    pub fn snapshot_extra(&self) -> OwnerExtra {
+        OwnerExtra {
+            holds: self.holds.values().copied().collect(),
+            history: self
+                .history
+                .iter()
+                .map(|(id, entries)| (*id, entries.iter().cloned().collect()))
+                .collect(),
+        }
+    }
+
+    /// Restore the holds and histories a snapshot carries, after
+    /// `from_items`. Checks what the live path guarantees: each hold's item
+    /// exists, each item's `reserved` is the sum of its holds, the bounds,
+    /// and histories of existing items only, versions increasing.
+    pub fn restore_extra(&mut self, extra: OwnerExtra) -> Result<(), String> {
+        let OwnerExtra { holds, history } = extra;
+        let mut sums: HashMap<Uuid, u64> = HashMap::new();
+        for hold in holds {
+            if !self.items.contains_key(&hold.item) {
+                return Err(format!("hold {} of a missing item", hold.id));
+            }
+            if self.holds.insert(hold.id, hold).is_some() {
+                return Err(format!("duplicate hold {}", hold.id));
+            }
+            self.hold_expiry.insert((hold.expires_at, hold.id));
+            self.holds_by_item.insert((hold.item, hold.id));
+            *sums.entry(hold.item).or_default() += hold.qty.get();
+        }
+        if self.holds.len() > HOLDS_PER_OWNER_MAX {
+            return Err("more holds than HOLDS_PER_OWNER_MAX".into());
+        }
+        for item in self.items.values() {
+            if sums.get(&item.id).copied().unwrap_or(0) != item.reserved.get()
+                || item.reserved > item.qty
+                || self.holds_of(item.id) > HOLDS_PER_ITEM_MAX
+            {
+                return Err(format!(
+                    "item {}'s reserved does not match its holds",
+                    item.id
+                ));
+            }
+        }
+        for (id, entries) in history {
+            let increasing = entries.windows(2).all(|w| w[0].version < w[1].version);
+            if !self.items.contains_key(&id) || entries.len() > HISTORY_PER_ITEM_MAX || !increasing
+            {
+                return Err(format!("invalid history of item {id}"));
+            }
+            if self.history.insert(id, entries.into()).is_some() {
+                return Err(format!("duplicate history of item {id}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Release spare capacity (an owner being passivated).
     pub fn shrink(&mut self) {
         self.items.shrink_to_fit();
         self.names.shrink_to_fit();
         self.keys.shrink();
+        self.holds.shrink_to_fit();
+        self.history.shrink_to_fit();
     }
+
+    /// The invariants of the module docs of `holds`, for tests: reserved is
+    /// the sum of the holds and never above qty, the indexes agree, the
+    /// bounds hold, histories are bounded and end at the item's version.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut sums: HashMap<Uuid, u64> = HashMap::new();
+        for hold in self.holds.values() {
+            if !self.items.contains_key(&hold.item)
+                || !self.hold_expiry.contains(&(hold.expires_at, hold.id))
+                || !self.holds_by_item.contains(&(hold.item, hold.id))
+            {
+                return Err(format!("hold {} is not indexed or has no item", hold.id));
+            }
+            *sums.entry(hold.item).or_default() += hold.qty.get();
+        }
+        if self.hold_expiry.len() != self.holds.len()
+            || self.holds_by_item.len() != self.holds.len()
+            || self.holds.len() > HOLDS_PER_OWNER_MAX
+        {
+            return Err("hold indexes disagree or exceed the bound".into());
+        }
+        for item in self.items.values() {
+            let sum = sums.get(&item.id).copied().unwrap_or(0);
+            if sum != item.reserved.get() || item.reserved > item.qty {
+                return Err(format!(
+                    "item {}: reserved {:?} vs holds {sum}",
+                    item.id, item.reserved
+                ));
+            }
+            if self.holds_of(item.id) > HOLDS_PER_ITEM_MAX {
+                return Err(format!("item {} has too many holds", item.id));
+            }
+        }
+        for (id, entries) in &self.history {
+            let Some(item) = self.items.get(id) else {
+                return Err(format!("history of missing item {id}"));
+            };
+            if entries.len() > HISTORY_PER_ITEM_MAX
+                || entries.back().map(|e| e.version) != Some(item.version)
+            {
+                return Err(format!("history of item {id} is unbounded or stale"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A qty for `item` must stay at or above what it has reserved.
+fn check_reserved(item: &Item, qty: Qty, op_index: Option<u32>) -> Result<(), Rejection> {
+    if qty < item.reserved {
+        return Err(Rejection::InsufficientAvailable {
+            available: item.available(),
+            op_index,
+        });
+    }
+    Ok(())
 }
 
 fn check_next_version(item: &Item, version: u64) -> Result<(), String> {
@@ -578,3 +1079,6 @@ fn bound_rejection(bound: QtyBound, op_index: Option<u32>) -> Rejection {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod holds_tests;

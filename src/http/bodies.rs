@@ -93,6 +93,15 @@ pub(super) struct TxOpBody {
     pub delta: i64,
 }
 
+/// A reservation: hold `qty` (≥ 1) units for `ttl` seconds
+/// (1..=`HOLD_TTL_SECS_MAX`).
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReserveBody {
+    pub qty: i64,
+    pub ttl: i64,
+}
+
 /// `GET /items` query parameters, as text: parsed by the handler so that
 /// a bad value gets its own error code.
 #[derive(Debug, Deserialize)]

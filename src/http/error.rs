@@ -133,6 +133,11 @@ fn rejection_parts(r: &Rejection) -> (StatusCode, &'static str, String) {
             (StatusCode::PRECONDITION_FAILED, "version_mismatch", detail)
         }
         Rejection::ItemLimit => (StatusCode::CONFLICT, "item_limit_reached", detail),
+        Rejection::InsufficientAvailable { .. } => {
+            (StatusCode::CONFLICT, "insufficient_available", detail)
+        }
+        Rejection::HoldLimit => (StatusCode::CONFLICT, "reservation_limit_reached", detail),
+        Rejection::HoldNotFound => (StatusCode::NOT_FOUND, "reservation_not_found", detail),
     }
 }
 
@@ -152,7 +157,8 @@ impl IntoResponse for ApiError {
             ApiError::Rejected(
                 Rejection::NotFound { op_index }
                 | Rejection::QtyBelowZero { op_index }
-                | Rejection::QtyOverflow { op_index },
+                | Rejection::QtyOverflow { op_index }
+                | Rejection::InsufficientAvailable { op_index, .. },
             ) => (*op_index, None),
             ApiError::Rejected(Rejection::VersionMismatch { current }) => (None, Some(*current)),
             _ => (None, None),

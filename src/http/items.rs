@@ -81,7 +81,7 @@ pub(super) async fn list_items(
 }
 
 /// `limit`: an integer from 1 to `LIST_LIMIT_MAX`.
-fn parse_limit(raw: &str) -> Result<usize, ApiError> {
+pub(super) fn parse_limit(raw: &str) -> Result<usize, ApiError> {
     raw.parse::<usize>()
         .ok()
         .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
@@ -166,6 +166,7 @@ pub(super) async fn replace_item(
     responses(
         (status = 200, description = "Applied", body = ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("CountIQ-LSN" = u64, description = "the log position this response reflects"), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
         (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
         (status = 412, response = openapi::PreconditionFailed),
         openapi::BodyWriteErrors
     )
@@ -230,6 +231,7 @@ pub(super) async fn delete_item(
     responses(
         (status = 200, description = "All ops applied", body = openapi::TxResult, headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("CountIQ-LSN" = u64, description = "the log position this response reflects"))),
         (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
         openapi::BodyWriteErrors
     )
 )]
@@ -263,7 +265,7 @@ pub(super) async fn transact(
 }
 
 /// Send a write to the owner and render its answer.
-async fn write(
+pub(super) async fn write(
     s: &AppState,
     owner: &OwnerId,
     cmd: Command,
@@ -294,10 +296,10 @@ async fn write(
     }
 }
 
-fn invalid<E: std::fmt::Display>(field: &str) -> impl FnOnce(E) -> ApiError + '_ {
+pub(super) fn invalid<E: std::fmt::Display>(field: &str) -> impl FnOnce(E) -> ApiError + '_ {
     move |e| ApiError::InvalidBody(format!("{field}: {e}"))
 }
 
-fn bad_param(code: &'static str, detail: String) -> ApiError {
+pub(super) fn bad_param(code: &'static str, detail: String) -> ApiError {
     ApiError::BadParameter { code, detail }
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::{Item, Outcome};
+use crate::domain::{Hold, Item, Outcome};
 
 /// The owner-wide log position a response reflects (README "CountIQ-LSN").
 pub const LSN: HeaderName = HeaderName::from_static("countiq-lsn");
@@ -26,6 +26,10 @@ pub(super) struct ItemJson<'a> {
     id: Uuid,
     name: &'a str,
     qty: u64,
+    /// Units held by open reservations (≤ qty).
+    reserved: u64,
+    /// `qty - reserved`: what a reservation or a decrease may take.
+    available: u64,
     /// Starts at 1, +1 on every change; `ETag` is `"<version>"`.
     #[schema(minimum = 1)]
     version: u64,
@@ -42,6 +46,8 @@ impl<'a> From<&'a Item> for ItemJson<'a> {
             id: i.id,
             name: i.name.as_str(),
             qty: i.qty.get(),
+            reserved: i.reserved.get(),
+            available: i.available(),
             version: i.version,
             created_at: Rfc3339(i.created_at),
             updated_at: Rfc3339(i.updated_at),
@@ -144,6 +150,10 @@ fn write_item_json(item: &Item, out: &mut Vec<u8>) {
     serde_json::to_writer(&mut *out, name).expect("writing to a Vec cannot fail");
     out.extend_from_slice(b",\"qty\":");
     out.extend_from_slice(numbers.format(item.qty.get()).as_bytes());
+    out.extend_from_slice(b",\"reserved\":");
+    out.extend_from_slice(numbers.format(item.reserved.get()).as_bytes());
+    out.extend_from_slice(b",\"available\":");
+    out.extend_from_slice(numbers.format(item.available()).as_bytes());
     out.extend_from_slice(b",\"version\":");
     out.extend_from_slice(numbers.format(item.version).as_bytes());
     out.extend_from_slice(b",\"created_at\":\"");
@@ -171,6 +181,98 @@ pub(super) fn outcome_response(outcome: &Outcome) -> Response {
             let body =
                 serde_json::json!({"items": items.iter().map(ItemJson::from).collect::<Vec<_>>()});
             axum::Json(body).into_response()
+        }
+        Outcome::Reserved(hold, item) => {
+            let mut response = (
+                StatusCode::CREATED,
+                axum::Json(ReservationJson::new(hold, item)),
+            )
+                .into_response();
+            let location = format!("/reservations/{}", hold.id);
+            response.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&location).expect("uuid is ASCII"),
+            );
+            response
+        }
+    }
+}
+
+/// A reservation as JSON (API.md "Reservation"), with its item after it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Reservation)]
+pub(super) struct ReservationJson<'a> {
+    id: Uuid,
+    item_id: Uuid,
+    #[schema(minimum = 1)]
+    qty: u64,
+    #[schema(value_type = String)]
+    created_at: Rfc3339,
+    /// When the hold is released unless committed or released first.
+    #[schema(value_type = String)]
+    expires_at: Rfc3339,
+    item: ItemJson<'a>,
+}
+
+impl<'a> ReservationJson<'a> {
+    fn new(hold: &Hold, item: &'a Item) -> Self {
+        ReservationJson {
+            id: hold.id,
+            item_id: hold.item,
+            qty: hold.qty.get(),
+            created_at: Rfc3339(hold.created_at),
+            expires_at: Rfc3339(hold.expires_at),
+            item: item.into(),
+        }
+    }
+}
+
+/// One history entry as JSON (API.md "History").
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = HistoryEntry)]
+pub(super) struct HistoryJson<'a> {
+    /// The item version this transition produced.
+    #[schema(minimum = 1)]
+    version: u64,
+    #[schema(value_type = String)]
+    at: Rfc3339,
+    /// `created`, `replaced`, `adjusted`, `transacted`, `reserved`,
+    /// `committed`, `released` or `expired`.
+    change: &'static str,
+    /// The reservation, for the four hold changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservation_id: Option<Uuid>,
+    qty: u64,
+    reserved: u64,
+    /// qty after minus qty before.
+    delta: i64,
+    /// The Idempotency-Key of the request, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+}
+
+impl<'a> From<&'a crate::domain::HistoryEntry> for HistoryJson<'a> {
+    fn from(e: &'a crate::domain::HistoryEntry) -> Self {
+        use crate::domain::Change;
+        let (change, reservation_id) = match e.change {
+            Change::Created => ("created", None),
+            Change::Replaced => ("replaced", None),
+            Change::Adjusted => ("adjusted", None),
+            Change::Transacted => ("transacted", None),
+            Change::Reserved { hold } => ("reserved", Some(hold)),
+            Change::Committed { hold } => ("committed", Some(hold)),
+            Change::Released { hold } => ("released", Some(hold)),
+            Change::Expired { hold } => ("expired", Some(hold)),
+        };
+        HistoryJson {
+            version: e.version,
+            at: Rfc3339(e.at),
+            change,
+            reservation_id,
+            qty: e.qty.get(),
+            reserved: e.reserved.get(),
+            delta: e.delta,
+            idempotency_key: e.key.as_ref().map(|k| k.as_str()),
         }
     }
 }
@@ -236,6 +338,7 @@ mod tests {
                 id: Uuid::from_u128(id),
                 name,
                 qty: crate::domain::Qty::new(qty as i64).unwrap(),
+                reserved: crate::domain::Qty::ZERO,
                 version,
                 created_at: created,
                 updated_at: updated,

@@ -26,12 +26,13 @@ mod json;
 pub mod openapi;
 mod ops;
 pub mod request_metrics;
+mod reservations;
 pub mod routes;
 mod state;
 
 use std::time::Duration;
 
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use axum::Router;
 
 pub use error::{ApiError, OWNER_NODE_HEADER, PROBLEM_JSON};
@@ -64,6 +65,10 @@ pub fn app(state: AppState) -> Router {
         )
         .route(ITEM_QTY, patch(items::adjust_qty))
         .route(TRANSACTIONS, post(items::transact))
+        .route(ITEM_HISTORY, get(reservations::history))
+        .route(ITEM_RESERVATIONS, post(reservations::reserve))
+        .route(RESERVATION, delete(reservations::release))
+        .route(RESERVATION_COMMIT, post(reservations::commit))
         .route(HEALTHZ, get(ops::healthz))
         .route(READYZ, get(ops::readyz))
         .route(METRICS, get(ops::metrics))

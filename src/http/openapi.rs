@@ -1,6 +1,6 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the code by
 //! utoipa. Operations come from the `#[utoipa::path]` attributes on the
-//! handlers in `http/items.rs` and `http/ops.rs`, schemas from `ToSchema` on the very body and
+//! handlers in `http/items.rs`, `http/reservations.rs` and `http/ops.rs`, schemas from `ToSchema` on the very body and
 //! response types the handlers use. A test (`tests/openapi.rs`) checks that
 //! every route of the router is documented and nothing else is.
 
@@ -10,10 +10,19 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa::openapi::schema::{Object, Schema};
 use utoipa::openapi::RefOr;
 
-use super::bodies::{AdjustBody, CreateBody, ReplaceBody, TxBody, TxOpBody};
+use super::bodies::{AdjustBody, CreateBody, ReplaceBody, ReserveBody, TxBody, TxOpBody};
 use super::error::Problem;
-use super::json::ItemJson;
-use crate::domain::{DELTA_ABS_MAX, NAME_CHARS_MAX, QTY_MAX, TX_OPS_MAX};
+use super::json::{HistoryJson, ItemJson, ReservationJson};
+use crate::domain::{DELTA_ABS_MAX, HOLD_TTL_SECS_MAX, NAME_CHARS_MAX, QTY_MAX, TX_OPS_MAX};
+
+/// `GET /items/{id}/history` answer.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only
+pub(super) struct HistoryDoc {
+    entries: Vec<HistoryJson<'static>>,
+    /// `null` on the last page.
+    next_cursor: Option<String>,
+}
 
 /// `GET /items` answer.
 #[derive(ToSchema)]
@@ -68,7 +77,8 @@ problem_responses! {
     BadRequest => "invalid_body, qty_below_zero, qty_overflow, invalid_limit, invalid_cursor, invalid_idempotency_key";
     Unauthorized => "unauthorized: missing or invalid bearer token", headers(("WWW-Authenticate" = String));
     NotFound => "not_found";
-    Conflict => "name_taken or item_limit_reached";
+    Conflict => "name_taken, item_limit_reached or insufficient_available";
+    HoldConflict => "insufficient_available or reservation_limit_reached";
     PreconditionFailed => "version_mismatch: a stale If-Match";
     PayloadTooLarge => "body_too_large: over 64 KiB";
     UnsupportedMediaType => "unsupported_media_type: the body must be JSON";
@@ -115,18 +125,23 @@ pub(super) enum BodyWriteErrors {
         super::items::adjust_qty,
         super::items::delete_item,
         super::items::transact,
+        super::reservations::reserve,
+        super::reservations::commit,
+        super::reservations::release,
+        super::reservations::history,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
         openapi_json,
     ),
     components(
-        schemas(CreateBody, ReplaceBody, AdjustBody, TxBody, TxOpBody, ItemJson, ItemPage, TxResult, Problem),
-        responses(BadRequest, Unauthorized, NotFound, Conflict, PreconditionFailed, PayloadTooLarge,
+        schemas(CreateBody, ReplaceBody, AdjustBody, TxBody, TxOpBody, ItemJson, ItemPage, TxResult, Problem,
+            ReserveBody, ReservationJson, HistoryJson, HistoryDoc),
+        responses(BadRequest, Unauthorized, NotFound, Conflict, HoldConflict, PreconditionFailed, PayloadTooLarge,
             UnsupportedMediaType, KeyReused, KeysExhausted, Unavailable)
     ),
     modifiers(&BearerAuth, &Bounds),
-    tags((name = "items", description = "One owner's items"), (name = "ops", description = "Health, readiness, metrics"))
+    tags((name = "items", description = "One owner's items"), (name = "reservations", description = "Holds with expiry, and per-item history"), (name = "ops", description = "Health, readiness, metrics"))
 )]
 pub struct ApiDoc;
 
@@ -162,6 +177,10 @@ impl Modify for Bounds {
             ("AdjustBody", "delta", delta),
             ("TxOpBody", "delta", delta),
             ("Item", "qty", qty),
+            ("Item", "reserved", qty),
+            ("Item", "available", qty),
+            ("ReserveBody", "qty", (1, QTY_MAX as i64)),
+            ("ReserveBody", "ttl", (1, HOLD_TTL_SECS_MAX as i64)),
         ] {
             if let Some(object) = property(&mut components.schemas, schema, field) {
                 object.minimum = Some(utoipa::Number::Int(min as isize));

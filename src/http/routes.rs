@@ -7,6 +7,10 @@ pub const ITEMS: &str = "/items";
 pub const ITEM: &str = "/items/{id}";
 pub const ITEM_QTY: &str = "/items/{id}/qty";
 pub const TRANSACTIONS: &str = "/transactions";
+pub const ITEM_HISTORY: &str = "/items/{id}/history";
+pub const ITEM_RESERVATIONS: &str = "/items/{id}/reservations";
+pub const RESERVATION: &str = "/reservations/{id}";
+pub const RESERVATION_COMMIT: &str = "/reservations/{id}/commit";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
@@ -19,6 +23,10 @@ pub const TABLE: &[(&str, &[(&str, u16)])] = &[
     (ITEM, &[("GET", 200), ("PUT", 200), ("DELETE", 204)]),
     (ITEM_QTY, &[("PATCH", 200)]),
     (TRANSACTIONS, &[("POST", 200)]),
+    (ITEM_HISTORY, &[("GET", 200)]),
+    (ITEM_RESERVATIONS, &[("POST", 201)]),
+    (RESERVATION, &[("DELETE", 204)]),
+    (RESERVATION_COMMIT, &[("POST", 200)]),
     (HEALTHZ, &[("GET", 200)]),
     (READYZ, &[("GET", 200)]),
     (METRICS, &[("GET", 200)]),

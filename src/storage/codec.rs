@@ -19,7 +19,10 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::domain::idempotency::{IdemKey, KeyRecord, StoredResponse};
-use crate::domain::{Event, Item, ItemName, Outcome, OwnerId, Qty, QtyVersion, Rejection};
+use crate::domain::{
+    Change, Event, HistoryEntry, Hold, Item, ItemName, Outcome, OwnerId, Qty, QtyVersion,
+    Rejection, HISTORY_PER_ITEM_MAX,
+};
 
 /// Largest encoded record payload. A 1000-op transaction with its stored
 /// idempotent response (1000 items with 200-character names) is ~300 KiB.
@@ -116,17 +119,248 @@ enum RejectionV1 {
     ItemLimit,
 }
 
-// ---- domain → disk -------------------------------------------------------
+// ---- on-disk shapes, version 3 (segments v3, snapshots v2) -----------------
+//
+// Version 3 adds reservations and history: items carry `reserved`, four
+// hold events, the hold outcome and rejections. Version 1 shapes are read by
+// upgrading them to version 3 (`From<…V1> for …V3`), then converting once.
 
-impl From<&Item> for ItemV1 {
-    fn from(i: &Item) -> Self {
-        ItemV1 {
-            id: i.id.as_u128(),
-            name: i.name.as_str().to_owned(),
-            qty: i.qty.get(),
+#[derive(Debug, Encode, Decode)]
+struct RecordV3 {
+    lsn: u64,
+    owner: String,
+    event: Option<EventV3>,
+    key: Option<KeyRecordV3>,
+}
+
+#[derive(Debug, Encode, Decode)]
+struct ItemV3 {
+    id: u128,
+    name: String,
+    qty: u64,
+    reserved: u64,
+    version: u64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+#[derive(Debug, Encode, Decode)]
+struct HoldV3 {
+    id: u128,
+    item: u128,
+    qty: u64,
+    created_at: i64,
+    expires_at: i64,
+}
+
+#[derive(Debug, Encode, Decode)]
+enum EventV3 {
+    Created(ItemV3),
+    Replaced(ItemV3),
+    QtySet {
+        change: QtyVersionV1,
+        at: i64,
+    },
+    Deleted {
+        id: u128,
+    },
+    Transacted {
+        changes: Vec<QtyVersionV1>,
+        at: i64,
+    },
+    Reserved {
+        hold: HoldV3,
+        version: u64,
+    },
+    HoldCommitted {
+        hold: u128,
+        change: QtyVersionV1,
+        at: i64,
+    },
+    HoldReleased {
+        hold: u128,
+        version: u64,
+        at: i64,
+    },
+    HoldsExpired {
+        holds: Vec<u128>,
+        at: i64,
+    },
+}
+
+#[derive(Debug, Encode, Decode)]
+struct KeyRecordV3 {
+    key: String,
+    fingerprint: [u8; 32],
+    response: ResponseV3,
+    expires_at: i64,
+}
+
+#[derive(Debug, Encode, Decode)]
+enum ResponseV3 {
+    Created(ItemV3),
+    Updated(ItemV3),
+    Deleted,
+    Transacted(Vec<ItemV3>),
+    Rejected(RejectionV3),
+    Reserved(HoldV3, ItemV3),
+}
+
+#[derive(Debug, Encode, Decode)]
+enum RejectionV3 {
+    NotFound {
+        op_index: Option<u32>,
+    },
+    NameTaken,
+    QtyBelowZero {
+        op_index: Option<u32>,
+    },
+    QtyOverflow {
+        op_index: Option<u32>,
+    },
+    VersionMismatch {
+        current: u64,
+    },
+    ItemLimit,
+    InsufficientAvailable {
+        available: u64,
+        op_index: Option<u32>,
+    },
+    HoldLimit,
+    HoldNotFound,
+}
+
+/// One item's history in a snapshot (a chunk element).
+#[derive(Debug, Encode, Decode)]
+struct HistoryV3 {
+    item: u128,
+    entries: Vec<EntryV3>,
+}
+
+#[derive(Debug, Encode, Decode)]
+struct EntryV3 {
+    version: u64,
+    at: i64,
+    change: ChangeV3,
+    qty: u64,
+    reserved: u64,
+    delta: i64,
+    key: Option<String>,
+}
+
+#[derive(Debug, Encode, Decode)]
+enum ChangeV3 {
+    Created,
+    Replaced,
+    Adjusted,
+    Transacted,
+    Reserved(u128),
+    Committed(u128),
+    Released(u128),
+    Expired(u128),
+}
+
+// ---- version 1 → version 3 (reading old files) ------------------------------
+
+impl From<ItemV1> for ItemV3 {
+    fn from(i: ItemV1) -> Self {
+        ItemV3 {
+            id: i.id,
+            name: i.name,
+            qty: i.qty,
+            reserved: 0,
             version: i.version,
             created_at: i.created_at,
             updated_at: i.updated_at,
+        }
+    }
+}
+
+impl From<EventV1> for EventV3 {
+    fn from(e: EventV1) -> Self {
+        match e {
+            EventV1::Created(i) => EventV3::Created(i.into()),
+            EventV1::Replaced(i) => EventV3::Replaced(i.into()),
+            EventV1::QtySet { change, at } => EventV3::QtySet { change, at },
+            EventV1::Deleted { id } => EventV3::Deleted { id },
+            EventV1::Transacted { changes, at } => EventV3::Transacted { changes, at },
+        }
+    }
+}
+
+impl From<RejectionV1> for RejectionV3 {
+    fn from(r: RejectionV1) -> Self {
+        match r {
+            RejectionV1::NotFound { op_index } => RejectionV3::NotFound { op_index },
+            RejectionV1::NameTaken => RejectionV3::NameTaken,
+            RejectionV1::QtyBelowZero { op_index } => RejectionV3::QtyBelowZero { op_index },
+            RejectionV1::QtyOverflow { op_index } => RejectionV3::QtyOverflow { op_index },
+            RejectionV1::VersionMismatch { current } => RejectionV3::VersionMismatch { current },
+            RejectionV1::ItemLimit => RejectionV3::ItemLimit,
+        }
+    }
+}
+
+impl From<ResponseV1> for ResponseV3 {
+    fn from(r: ResponseV1) -> Self {
+        match r {
+            ResponseV1::Created(i) => ResponseV3::Created(i.into()),
+            ResponseV1::Updated(i) => ResponseV3::Updated(i.into()),
+            ResponseV1::Deleted => ResponseV3::Deleted,
+            ResponseV1::Transacted(items) => {
+                ResponseV3::Transacted(items.into_iter().map(Into::into).collect())
+            }
+            ResponseV1::Rejected(rej) => ResponseV3::Rejected(rej.into()),
+        }
+    }
+}
+
+impl From<KeyRecordV1> for KeyRecordV3 {
+    fn from(k: KeyRecordV1) -> Self {
+        KeyRecordV3 {
+            key: k.key,
+            fingerprint: k.fingerprint,
+            response: k.response.into(),
+            expires_at: k.expires_at,
+        }
+    }
+}
+
+impl From<RecordV1> for RecordV3 {
+    fn from(r: RecordV1) -> Self {
+        RecordV3 {
+            lsn: r.lsn,
+            owner: r.owner,
+            event: r.event.map(Into::into),
+            key: r.key.map(Into::into),
+        }
+    }
+}
+
+// ---- domain → disk ---------------------------------------------------------
+
+impl From<&Item> for ItemV3 {
+    fn from(i: &Item) -> Self {
+        ItemV3 {
+            id: i.id.as_u128(),
+            name: i.name.as_str().to_owned(),
+            qty: i.qty.get(),
+            reserved: i.reserved.get(),
+            version: i.version,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+        }
+    }
+}
+
+impl From<&Hold> for HoldV3 {
+    fn from(h: &Hold) -> Self {
+        HoldV3 {
+            id: h.id.as_u128(),
+            item: h.item.as_u128(),
+            qty: h.qty.get(),
+            created_at: h.created_at,
+            expires_at: h.expires_at,
         }
     }
 }
@@ -137,6 +371,138 @@ impl From<&QtyVersion> for QtyVersionV1 {
             id: c.id.as_u128(),
             qty: c.qty.get(),
             version: c.version,
+        }
+    }
+}
+
+impl From<&Event> for EventV3 {
+    fn from(e: &Event) -> Self {
+        match e {
+            Event::Created(i) => EventV3::Created(i.into()),
+            Event::Replaced(i) => EventV3::Replaced(i.into()),
+            Event::QtySet { change, at } => EventV3::QtySet {
+                change: change.into(),
+                at: *at,
+            },
+            Event::Deleted { id } => EventV3::Deleted { id: id.as_u128() },
+            Event::Transacted { changes, at } => EventV3::Transacted {
+                changes: changes.iter().map(Into::into).collect(),
+                at: *at,
+            },
+            Event::Reserved { hold, version } => EventV3::Reserved {
+                hold: hold.into(),
+                version: *version,
+            },
+            Event::HoldCommitted { hold, change, at } => EventV3::HoldCommitted {
+                hold: hold.as_u128(),
+                change: change.into(),
+                at: *at,
+            },
+            Event::HoldReleased { hold, version, at } => EventV3::HoldReleased {
+                hold: hold.as_u128(),
+                version: *version,
+                at: *at,
+            },
+            Event::HoldsExpired { holds, at } => EventV3::HoldsExpired {
+                holds: holds.iter().map(|h| h.as_u128()).collect(),
+                at: *at,
+            },
+        }
+    }
+}
+
+impl From<&Rejection> for RejectionV3 {
+    fn from(r: &Rejection) -> Self {
+        match *r {
+            Rejection::NotFound { op_index } => RejectionV3::NotFound { op_index },
+            Rejection::NameTaken => RejectionV3::NameTaken,
+            Rejection::QtyBelowZero { op_index } => RejectionV3::QtyBelowZero { op_index },
+            Rejection::QtyOverflow { op_index } => RejectionV3::QtyOverflow { op_index },
+            Rejection::VersionMismatch { current } => RejectionV3::VersionMismatch { current },
+            Rejection::ItemLimit => RejectionV3::ItemLimit,
+            Rejection::InsufficientAvailable {
+                available,
+                op_index,
+            } => RejectionV3::InsufficientAvailable {
+                available,
+                op_index,
+            },
+            Rejection::HoldLimit => RejectionV3::HoldLimit,
+            Rejection::HoldNotFound => RejectionV3::HoldNotFound,
+        }
+    }
+}
+
+impl From<&StoredResponse> for ResponseV3 {
+    fn from(r: &StoredResponse) -> Self {
+        match r {
+            Ok(Outcome::Created(i)) => ResponseV3::Created(i.into()),
+            Ok(Outcome::Updated(i)) => ResponseV3::Updated(i.into()),
+            Ok(Outcome::Deleted) => ResponseV3::Deleted,
+            Ok(Outcome::Transacted(items)) => {
+                ResponseV3::Transacted(items.iter().map(Into::into).collect())
+            }
+            Ok(Outcome::Reserved(h, i)) => ResponseV3::Reserved(h.into(), i.into()),
+            Err(rej) => ResponseV3::Rejected(rej.into()),
+        }
+    }
+}
+
+impl From<&KeyRecord> for KeyRecordV3 {
+    fn from(k: &KeyRecord) -> Self {
+        KeyRecordV3 {
+            key: k.key.as_str().to_owned(),
+            fingerprint: k.fingerprint,
+            response: (&k.response).into(),
+            expires_at: k.expires_at,
+        }
+    }
+}
+
+impl From<&Change> for ChangeV3 {
+    fn from(c: &Change) -> Self {
+        match *c {
+            Change::Created => ChangeV3::Created,
+            Change::Replaced => ChangeV3::Replaced,
+            Change::Adjusted => ChangeV3::Adjusted,
+            Change::Transacted => ChangeV3::Transacted,
+            Change::Reserved { hold } => ChangeV3::Reserved(hold.as_u128()),
+            Change::Committed { hold } => ChangeV3::Committed(hold.as_u128()),
+            Change::Released { hold } => ChangeV3::Released(hold.as_u128()),
+            Change::Expired { hold } => ChangeV3::Expired(hold.as_u128()),
+        }
+    }
+}
+
+impl From<&HistoryEntry> for EntryV3 {
+    fn from(e: &HistoryEntry) -> Self {
+        EntryV3 {
+            version: e.version,
+            at: e.at,
+            change: (&e.change).into(),
+            qty: e.qty.get(),
+            reserved: e.reserved.get(),
+            delta: e.delta,
+            key: e.key.as_ref().map(|k| k.as_str().to_owned()),
+        }
+    }
+}
+
+// ---- domain → version 1 (tests and golden files of old formats only) ------
+//
+// Only values that version 1 can express: an item with holds, a hold event,
+// outcome or rejection panics (a test bug, never data).
+
+impl From<&Item> for ItemV1 {
+    fn from(i: &Item) -> Self {
+        assert_eq!(i.reserved, Qty::ZERO, "version 1 has no reservations");
+        ItemV1 {
+            id: i.id.as_u128(),
+            name: i.name.as_str().to_owned(),
+            qty: i.qty.get(),
+            version: i.version,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
         }
     }
 }
@@ -155,6 +521,7 @@ impl From<&Event> for EventV1 {
                 changes: changes.iter().map(Into::into).collect(),
                 at: *at,
             },
+            other => panic!("version 1 cannot express {other:?}"),
         }
     }
 }
@@ -168,6 +535,7 @@ impl From<&Rejection> for RejectionV1 {
             Rejection::QtyOverflow { op_index } => RejectionV1::QtyOverflow { op_index },
             Rejection::VersionMismatch { current } => RejectionV1::VersionMismatch { current },
             Rejection::ItemLimit => RejectionV1::ItemLimit,
+            ref other => panic!("version 1 cannot express {other:?}"),
         }
     }
 }
@@ -182,6 +550,7 @@ impl From<&StoredResponse> for ResponseV1 {
                 ResponseV1::Transacted(items.iter().map(Into::into).collect())
             }
             Err(rej) => ResponseV1::Rejected(rej.into()),
+            Ok(other) => panic!("version 1 cannot express {other:?}"),
         }
     }
 }
@@ -203,20 +572,37 @@ fn qty(raw: u64) -> Result<Qty, CodecError> {
     Qty::from_stored(raw).ok_or(CodecError::Invalid("qty out of range"))
 }
 
-impl TryFrom<ItemV1> for Item {
+impl TryFrom<ItemV3> for Item {
     type Error = CodecError;
-    fn try_from(i: ItemV1) -> Result<Self, CodecError> {
+    fn try_from(i: ItemV3) -> Result<Self, CodecError> {
         let name = ItemName::new(&i.name).map_err(|_| CodecError::Invalid("item name"))?;
-        if name.as_str() != i.name || i.version == 0 {
-            return Err(CodecError::Invalid("item name or version"));
+        if name.as_str() != i.name || i.version == 0 || i.reserved > i.qty {
+            return Err(CodecError::Invalid("item name, version or reserved"));
         }
         Ok(Item {
             id: Uuid::from_u128(i.id),
             name,
             qty: qty(i.qty)?,
+            reserved: qty(i.reserved)?,
             version: i.version,
             created_at: i.created_at,
             updated_at: i.updated_at,
+        })
+    }
+}
+
+impl TryFrom<HoldV3> for Hold {
+    type Error = CodecError;
+    fn try_from(h: HoldV3) -> Result<Self, CodecError> {
+        if h.qty == 0 || h.expires_at < h.created_at {
+            return Err(CodecError::Invalid("hold qty or expiry"));
+        }
+        Ok(Hold {
+            id: Uuid::from_u128(h.id),
+            item: Uuid::from_u128(h.item),
+            qty: qty(h.qty)?,
+            created_at: h.created_at,
+            expires_at: h.expires_at,
         })
     }
 }
@@ -232,64 +618,88 @@ impl TryFrom<QtyVersionV1> for QtyVersion {
     }
 }
 
-impl TryFrom<EventV1> for Event {
+fn all<V, T: TryFrom<V, Error = CodecError>>(v: Vec<V>) -> Result<Vec<T>, CodecError> {
+    v.into_iter().map(TryInto::try_into).collect()
+}
+
+impl TryFrom<EventV3> for Event {
     type Error = CodecError;
-    fn try_from(e: EventV1) -> Result<Self, CodecError> {
+    fn try_from(e: EventV3) -> Result<Self, CodecError> {
         Ok(match e {
-            EventV1::Created(i) => Event::Created(i.try_into()?),
-            EventV1::Replaced(i) => Event::Replaced(i.try_into()?),
-            EventV1::QtySet { change, at } => Event::QtySet {
+            EventV3::Created(i) => Event::Created(i.try_into()?),
+            EventV3::Replaced(i) => Event::Replaced(i.try_into()?),
+            EventV3::QtySet { change, at } => Event::QtySet {
                 change: change.try_into()?,
                 at,
             },
-            EventV1::Deleted { id } => Event::Deleted {
+            EventV3::Deleted { id } => Event::Deleted {
                 id: Uuid::from_u128(id),
             },
-            EventV1::Transacted { changes, at } => Event::Transacted {
-                changes: changes
-                    .into_iter()
-                    .map(TryInto::try_into)
-                    .collect::<Result<_, _>>()?,
+            EventV3::Transacted { changes, at } => Event::Transacted {
+                changes: all(changes)?,
+                at,
+            },
+            EventV3::Reserved { hold, version } => Event::Reserved {
+                hold: hold.try_into()?,
+                version,
+            },
+            EventV3::HoldCommitted { hold, change, at } => Event::HoldCommitted {
+                hold: Uuid::from_u128(hold),
+                change: change.try_into()?,
+                at,
+            },
+            EventV3::HoldReleased { hold, version, at } => Event::HoldReleased {
+                hold: Uuid::from_u128(hold),
+                version,
+                at,
+            },
+            EventV3::HoldsExpired { holds, at } => Event::HoldsExpired {
+                holds: holds.into_iter().map(Uuid::from_u128).collect(),
                 at,
             },
         })
     }
 }
 
-impl From<RejectionV1> for Rejection {
-    fn from(r: RejectionV1) -> Self {
+impl From<RejectionV3> for Rejection {
+    fn from(r: RejectionV3) -> Self {
         match r {
-            RejectionV1::NotFound { op_index } => Rejection::NotFound { op_index },
-            RejectionV1::NameTaken => Rejection::NameTaken,
-            RejectionV1::QtyBelowZero { op_index } => Rejection::QtyBelowZero { op_index },
-            RejectionV1::QtyOverflow { op_index } => Rejection::QtyOverflow { op_index },
-            RejectionV1::VersionMismatch { current } => Rejection::VersionMismatch { current },
-            RejectionV1::ItemLimit => Rejection::ItemLimit,
+            RejectionV3::NotFound { op_index } => Rejection::NotFound { op_index },
+            RejectionV3::NameTaken => Rejection::NameTaken,
+            RejectionV3::QtyBelowZero { op_index } => Rejection::QtyBelowZero { op_index },
+            RejectionV3::QtyOverflow { op_index } => Rejection::QtyOverflow { op_index },
+            RejectionV3::VersionMismatch { current } => Rejection::VersionMismatch { current },
+            RejectionV3::ItemLimit => Rejection::ItemLimit,
+            RejectionV3::InsufficientAvailable {
+                available,
+                op_index,
+            } => Rejection::InsufficientAvailable {
+                available,
+                op_index,
+            },
+            RejectionV3::HoldLimit => Rejection::HoldLimit,
+            RejectionV3::HoldNotFound => Rejection::HoldNotFound,
         }
     }
 }
 
-impl TryFrom<ResponseV1> for StoredResponse {
+impl TryFrom<ResponseV3> for StoredResponse {
     type Error = CodecError;
-    fn try_from(r: ResponseV1) -> Result<Self, CodecError> {
+    fn try_from(r: ResponseV3) -> Result<Self, CodecError> {
         Ok(match r {
-            ResponseV1::Created(i) => Ok(Outcome::Created(i.try_into()?)),
-            ResponseV1::Updated(i) => Ok(Outcome::Updated(i.try_into()?)),
-            ResponseV1::Deleted => Ok(Outcome::Deleted),
-            ResponseV1::Transacted(items) => Ok(Outcome::Transacted(
-                items
-                    .into_iter()
-                    .map(TryInto::try_into)
-                    .collect::<Result<_, _>>()?,
-            )),
-            ResponseV1::Rejected(rej) => Err(rej.into()),
+            ResponseV3::Created(i) => Ok(Outcome::Created(i.try_into()?)),
+            ResponseV3::Updated(i) => Ok(Outcome::Updated(i.try_into()?)),
+            ResponseV3::Deleted => Ok(Outcome::Deleted),
+            ResponseV3::Transacted(items) => Ok(Outcome::Transacted(all(items)?)),
+            ResponseV3::Reserved(h, i) => Ok(Outcome::Reserved(h.try_into()?, i.try_into()?)),
+            ResponseV3::Rejected(rej) => Err(rej.into()),
         })
     }
 }
 
-impl TryFrom<KeyRecordV1> for KeyRecord {
+impl TryFrom<KeyRecordV3> for KeyRecord {
     type Error = CodecError;
-    fn try_from(k: KeyRecordV1) -> Result<Self, CodecError> {
+    fn try_from(k: KeyRecordV3) -> Result<Self, CodecError> {
         Ok(KeyRecord {
             key: IdemKey::parse(&k.key).ok_or(CodecError::Invalid("idempotency key"))?,
             fingerprint: k.fingerprint,
@@ -299,6 +709,56 @@ impl TryFrom<KeyRecordV1> for KeyRecord {
     }
 }
 
+impl From<ChangeV3> for Change {
+    fn from(c: ChangeV3) -> Self {
+        let id = Uuid::from_u128;
+        match c {
+            ChangeV3::Created => Change::Created,
+            ChangeV3::Replaced => Change::Replaced,
+            ChangeV3::Adjusted => Change::Adjusted,
+            ChangeV3::Transacted => Change::Transacted,
+            ChangeV3::Reserved(h) => Change::Reserved { hold: id(h) },
+            ChangeV3::Committed(h) => Change::Committed { hold: id(h) },
+            ChangeV3::Released(h) => Change::Released { hold: id(h) },
+            ChangeV3::Expired(h) => Change::Expired { hold: id(h) },
+        }
+    }
+}
+
+impl TryFrom<EntryV3> for HistoryEntry {
+    type Error = CodecError;
+    fn try_from(e: EntryV3) -> Result<Self, CodecError> {
+        let key = match e.key {
+            Some(k) => Some(IdemKey::parse(&k).ok_or(CodecError::Invalid("history key"))?),
+            None => None,
+        };
+        Ok(HistoryEntry {
+            version: e.version,
+            at: e.at,
+            change: e.change.into(),
+            qty: qty(e.qty)?,
+            reserved: qty(e.reserved)?,
+            delta: e.delta,
+            key,
+        })
+    }
+}
+
+impl TryFrom<HistoryV3> for (Uuid, Vec<HistoryEntry>) {
+    type Error = CodecError;
+    fn try_from(h: HistoryV3) -> Result<Self, CodecError> {
+        if h.entries.is_empty() || h.entries.len() > HISTORY_PER_ITEM_MAX {
+            return Err(CodecError::Invalid("history length"));
+        }
+        Ok((Uuid::from_u128(h.item), all(h.entries)?))
+    }
+}
+
+/// Upgrade a decoded version-1 value and convert it (old files).
+fn from_v1<V1, V3: From<V1>, T: TryFrom<V3, Error = CodecError>>(v: V1) -> Result<T, CodecError> {
+    V3::from(v).try_into()
+}
+
 // ---- records ---------------------------------------------------------------
 
 /// Append one framed record (header + payload) to `out`. Called by the log
@@ -306,9 +766,24 @@ impl TryFrom<KeyRecordV1> for KeyRecord {
 /// without allocating.
 ///
 /// The fields are encoded one after another, which is byte-for-byte how
-/// bincode encodes `RecordV1` (a struct is the concatenation of its fields);
-/// `decode_payload` reads them back as `RecordV1`.
+/// bincode encodes `RecordV3` (a struct is the concatenation of its fields);
+/// `decode_payload` reads them back as `RecordV3`. Always the current
+/// version (segment format 3).
 pub fn encode_record(
+    lsn: u64,
+    owner: &OwnerId,
+    event: Option<&Event>,
+    key: Option<&KeyRecord>,
+    out: &mut Vec<u8>,
+) {
+    encode_record_version(RECORDS_V3, lsn, owner, event, key, out)
+}
+
+/// `encode_record` in the record shapes of segment format
+/// `segment_version`: `RecordV1` below `RECORDS_V3` (tests and golden files
+/// of old formats; panics on values version 1 cannot express).
+pub fn encode_record_version(
+    segment_version: u32,
     lsn: u64,
     owner: &OwnerId,
     event: Option<&Event>,
@@ -324,8 +799,13 @@ pub fn encode_record(
     let mut enc = |v: &dyn EncodeDyn| v.encode_to(out);
     enc(&lsn);
     enc(&owner.as_str());
-    enc(&event.map(EventV1::from));
-    enc(&key.map(KeyRecordV1::from));
+    if segment_version >= RECORDS_V3 {
+        enc(&event.map(EventV3::from));
+        enc(&key.map(KeyRecordV3::from));
+    } else {
+        enc(&event.map(EventV1::from));
+        enc(&key.map(KeyRecordV1::from));
+    }
     let len = out.len() - start - FRAME_HEADER_BYTES;
     assert!(
         len <= RECORD_BYTES_MAX,
@@ -356,10 +836,26 @@ pub fn frame_crc(len_bytes: &[u8; 4], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(len_bytes), payload)
 }
 
-/// Decode a payload whose CRC has been checked.
+/// Decode a payload whose CRC has been checked, in the current record
+/// format (segment version 3).
 pub fn decode_payload(payload: &[u8]) -> Result<Record, CodecError> {
-    let (raw, used): (RecordV1, usize) =
-        bincode::decode_from_slice(payload, CONFIG.with_limit::<RECORD_BYTES_MAX>())?;
+    decode_record(payload, RECORDS_V3)
+}
+
+/// The first segment version whose records are `RecordV3`; versions 1 and
+/// 2 hold `RecordV1`.
+pub const RECORDS_V3: u32 = 3;
+
+/// Decode a payload whose CRC has been checked, from a segment of format
+/// `segment_version`.
+pub fn decode_record(payload: &[u8], segment_version: u32) -> Result<Record, CodecError> {
+    let limit = CONFIG.with_limit::<RECORD_BYTES_MAX>();
+    let (raw, used): (RecordV3, usize) = if segment_version >= RECORDS_V3 {
+        bincode::decode_from_slice(payload, limit)?
+    } else {
+        let (v1, used): (RecordV1, usize) = bincode::decode_from_slice(payload, limit)?;
+        (v1.into(), used)
+    };
     if used != payload.len() {
         return Err(CodecError::Trailing(payload.len() - used));
     }
@@ -434,10 +930,13 @@ pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
 //
 // A snapshot frame payload is a one-byte kind followed by bincode values:
 //
-//   1 Owner    SnapOwnerV1 { owner, last_lsn, items, keys }
-//   2 Items    u32 count, then count × ItemV1
-//   3 Keys     u32 count, then count × KeyRecordV1
+//   1 Owner    SnapOwnerV1 { owner, last_lsn, items, keys }            (v1)
+//              SnapOwnerV2 { owner, last_lsn, items, keys, holds, histories } (v2)
+//   2 Items    u32 count, then count × ItemV1 (v1) / ItemV3 (v2)
+//   3 Keys     u32 count, then count × KeyRecordV1 (v1) / KeyRecordV3 (v2)
 //   4 Trailer  SnapTrailerV1 { owners, items, keys }
+//   5 Holds    u32 count, then count × HoldV3                           (v2)
+//   6 History  u32 count, then count × HistoryV3                        (v2)
 
 /// Most items or keys in one snapshot frame.
 pub const SNAP_CHUNK_ELEMS_MAX: u32 = 4096;
@@ -449,6 +948,11 @@ const SNAP_KIND_OWNER: u8 = 1;
 const SNAP_KIND_ITEMS: u8 = 2;
 const SNAP_KIND_KEYS: u8 = 3;
 const SNAP_KIND_TRAILER: u8 = 4;
+const SNAP_KIND_HOLDS: u8 = 5;
+const SNAP_KIND_HISTORY: u8 = 6;
+/// The first snapshot version with holds and history (and `…V3` items and
+/// keys).
+pub const SNAP_V2: u32 = 2;
 
 #[derive(Debug, Encode, Decode)]
 struct SnapOwnerV1 {
@@ -456,6 +960,16 @@ struct SnapOwnerV1 {
     last_lsn: u64,
     items: u64,
     keys: u64,
+}
+
+#[derive(Debug, Encode, Decode)]
+struct SnapOwnerV2 {
+    owner: String,
+    last_lsn: u64,
+    items: u64,
+    keys: u64,
+    holds: u64,
+    histories: u64,
 }
 
 #[derive(Debug, Encode, Decode)]
@@ -472,9 +986,12 @@ pub struct SnapOwner {
     /// The owner's last applied LSN: its state reflects exactly its records
     /// with LSN ≤ this.
     pub last_lsn: u64,
-    /// Items and keys that follow in this section (truncation check).
+    /// Items, keys, holds and item histories that follow in this section
+    /// (truncation check; holds and histories are 0 in version 1).
     pub items: u64,
     pub keys: u64,
+    pub holds: u64,
+    pub histories: u64,
 }
 
 /// The last frame of a snapshot: totals, so a cut-off file is detected.
@@ -490,6 +1007,8 @@ pub struct SnapTrailer {
 pub enum SnapChunk {
     Items,
     Keys,
+    Holds,
+    History,
 }
 
 /// One decoded snapshot frame.
@@ -499,15 +1018,19 @@ pub enum SnapFrame {
     Items(Vec<Item>),
     Keys(Vec<KeyRecord>),
     Trailer(SnapTrailer),
+    Holds(Vec<Hold>),
+    History(Vec<(Uuid, Vec<HistoryEntry>)>),
 }
 
 pub fn encode_snap_owner(h: &SnapOwner, out: &mut Vec<u8>) {
     out.push(SNAP_KIND_OWNER);
-    SnapOwnerV1 {
+    SnapOwnerV2 {
         owner: h.owner.as_str().to_owned(),
         last_lsn: h.last_lsn,
         items: h.items,
         keys: h.keys,
+        holds: h.holds,
+        histories: h.histories,
     }
     .encode_to(out);
 }
@@ -524,12 +1047,30 @@ pub fn encode_snap_trailer(t: &SnapTrailer, out: &mut Vec<u8>) {
 
 /// Append one item (a chunk element) to `out`.
 pub fn encode_snap_item(item: &Item, out: &mut Vec<u8>) {
-    ItemV1::from(item).encode_to(out);
+    ItemV3::from(item).encode_to(out);
+}
+
+/// Append one hold (a chunk element) to `out`.
+pub fn encode_snap_hold(hold: &Hold, out: &mut Vec<u8>) {
+    HoldV3::from(hold).encode_to(out);
+}
+
+/// Append one item's history (a chunk element) to `out`.
+pub fn encode_snap_history<'a>(
+    item: &Uuid,
+    entries: impl IntoIterator<Item = &'a HistoryEntry>,
+    out: &mut Vec<u8>,
+) {
+    HistoryV3 {
+        item: item.as_u128(),
+        entries: entries.into_iter().map(Into::into).collect(),
+    }
+    .encode_to(out);
 }
 
 /// Append one key record (a chunk element) to `out`.
 pub fn encode_snap_key(key: &KeyRecord, out: &mut Vec<u8>) {
-    KeyRecordV1::from(key).encode_to(out);
+    KeyRecordV3::from(key).encode_to(out);
 }
 
 /// A chunk payload: kind, count, then `body` (count encoded elements).
@@ -541,6 +1082,8 @@ pub fn encode_snap_chunk(kind: SnapChunk, count: u32, body: &[u8], out: &mut Vec
     out.push(match kind {
         SnapChunk::Items => SNAP_KIND_ITEMS,
         SnapChunk::Keys => SNAP_KIND_KEYS,
+        SnapChunk::Holds => SNAP_KIND_HOLDS,
+        SnapChunk::History => SNAP_KIND_HISTORY,
     });
     count.encode_to(out);
     out.extend_from_slice(body);
@@ -553,9 +1096,10 @@ fn decode_one<T: Decode<()>>(bytes: &[u8], at: &mut usize) -> Result<T, CodecErr
     Ok(value)
 }
 
-fn decode_chunk<V: Decode<()>, T: TryFrom<V, Error = CodecError>>(
+fn decode_chunk<V: Decode<()>, T>(
     payload: &[u8],
     at: &mut usize,
+    convert: impl Fn(V) -> Result<T, CodecError>,
 ) -> Result<Vec<T>, CodecError> {
     let count: u32 = decode_one(payload, at)?;
     if !(1..=SNAP_CHUNK_ELEMS_MAX).contains(&count) {
@@ -563,30 +1107,64 @@ fn decode_chunk<V: Decode<()>, T: TryFrom<V, Error = CodecError>>(
     }
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        out.push(decode_one::<V>(payload, at)?.try_into()?);
+        out.push(convert(decode_one::<V>(payload, at)?)?);
     }
     Ok(out)
 }
 
-/// Decode a snapshot frame payload whose CRC has been checked.
-pub fn decode_snap_frame(payload: &[u8]) -> Result<SnapFrame, CodecError> {
+/// Decode a snapshot frame payload whose CRC has been checked, from a
+/// snapshot of format `version` (1 or `SNAP_V2`).
+pub fn decode_snap_frame(payload: &[u8], version: u32) -> Result<SnapFrame, CodecError> {
     let (&kind, _) = payload
         .split_first()
         .ok_or(CodecError::Invalid("empty snapshot frame"))?;
     let mut at = 1;
+    let v2 = version >= SNAP_V2;
+    let owner_id = |raw: &str| OwnerId::new(raw).map_err(|_| CodecError::Invalid("owner id"));
     let frame = match kind {
-        SNAP_KIND_OWNER => {
-            let h: SnapOwnerV1 = decode_one(payload, &mut at)?;
+        SNAP_KIND_OWNER if v2 => {
+            let h: SnapOwnerV2 = decode_one(payload, &mut at)?;
             SnapFrame::Owner(SnapOwner {
-                owner: OwnerId::new(&h.owner).map_err(|_| CodecError::Invalid("owner id"))?,
+                owner: owner_id(&h.owner)?,
                 last_lsn: h.last_lsn,
                 items: h.items,
                 keys: h.keys,
+                holds: h.holds,
+                histories: h.histories,
             })
         }
-        SNAP_KIND_ITEMS => SnapFrame::Items(decode_chunk::<ItemV1, Item>(payload, &mut at)?),
-        SNAP_KIND_KEYS => {
-            SnapFrame::Keys(decode_chunk::<KeyRecordV1, KeyRecord>(payload, &mut at)?)
+        SNAP_KIND_OWNER => {
+            let h: SnapOwnerV1 = decode_one(payload, &mut at)?;
+            SnapFrame::Owner(SnapOwner {
+                owner: owner_id(&h.owner)?,
+                last_lsn: h.last_lsn,
+                items: h.items,
+                keys: h.keys,
+                holds: 0,
+                histories: 0,
+            })
+        }
+        SNAP_KIND_ITEMS if v2 => {
+            SnapFrame::Items(decode_chunk(payload, &mut at, ItemV3::try_into)?)
+        }
+        SNAP_KIND_ITEMS => SnapFrame::Items(decode_chunk(
+            payload,
+            &mut at,
+            from_v1::<ItemV1, ItemV3, _>,
+        )?),
+        SNAP_KIND_KEYS if v2 => {
+            SnapFrame::Keys(decode_chunk(payload, &mut at, KeyRecordV3::try_into)?)
+        }
+        SNAP_KIND_KEYS => SnapFrame::Keys(decode_chunk(
+            payload,
+            &mut at,
+            from_v1::<KeyRecordV1, KeyRecordV3, _>,
+        )?),
+        SNAP_KIND_HOLDS if v2 => {
+            SnapFrame::Holds(decode_chunk(payload, &mut at, HoldV3::try_into)?)
+        }
+        SNAP_KIND_HISTORY if v2 => {
+            SnapFrame::History(decode_chunk(payload, &mut at, HistoryV3::try_into)?)
         }
         SNAP_KIND_TRAILER => {
             let t: SnapTrailerV1 = decode_one(payload, &mut at)?;
@@ -614,6 +1192,7 @@ mod tests {
             id: Uuid::from_u128(7),
             name: ItemName::new("milk").unwrap(),
             qty: Qty::new(3).unwrap(),
+            reserved: crate::domain::Qty::ZERO,
             version: 2,
             created_at: 10,
             updated_at: 20,

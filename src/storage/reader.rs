@@ -40,7 +40,9 @@ use std::path::{Path, PathBuf};
 
 use super::codec::{self, FrameParse, Record, RECORD_BYTES_MAX};
 use super::error::{io_at, Error};
-use super::segment::{self, HeaderError, SEGMENT_HEADER_BYTES, SEGMENT_VERSION};
+use super::segment::{
+    self, HeaderError, SEGMENT_HEADER_BYTES, SEGMENT_VERSION, SEGMENT_VERSION_PREALLOCATED,
+};
 
 /// A segment file found in the data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,9 +229,9 @@ impl SegmentScan<'_> {
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut lsn = self.first_lsn;
         while offset < self.bytes.len() {
-            // Only version 2 is preallocated; in version 1 a zero length is
-            // a bad frame.
-            if version == SEGMENT_VERSION && all_zero(&self.bytes[offset..]) {
+            // Only versions 2 and 3 are preallocated; in version 1 a zero
+            // length is a bad frame.
+            if version >= SEGMENT_VERSION_PREALLOCATED && all_zero(&self.bytes[offset..]) {
                 summary.zero_tail_bytes = (self.bytes.len() - offset) as u64;
                 break;
             }
@@ -238,7 +240,7 @@ impl SegmentScan<'_> {
                     payload,
                     frame_bytes,
                 } => {
-                    let record = self.decode(payload, offset, lsn)?;
+                    let record = self.decode(payload, offset, lsn, version)?;
                     visit(record, self.path, offset as u64)?;
                     lsn += 1;
                     summary.records += 1;
@@ -312,8 +314,14 @@ impl SegmentScan<'_> {
     }
 
     /// A CRC-valid frame: it must decode and carry the expected LSN.
-    fn decode(&self, payload: &[u8], offset: usize, lsn: u64) -> Result<Record, Error> {
-        let record = codec::decode_payload(payload).map_err(|e| {
+    fn decode(
+        &self,
+        payload: &[u8],
+        offset: usize,
+        lsn: u64,
+        version: u32,
+    ) -> Result<Record, Error> {
+        let record = codec::decode_record(payload, version).map_err(|e| {
             Error::corrupt(
                 self.path,
                 offset as u64,

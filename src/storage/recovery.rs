@@ -193,8 +193,12 @@ impl Replayer {
         };
         let Some(snap) = snap else { return Ok(r) };
         for o in &snap.owners {
-            let state =
-                OwnerState::from_items(o.items.iter().cloned(), o.keys.clone()).map_err(|e| {
+            let state = OwnerState::from_items(o.items.iter().cloned(), o.keys.clone())
+                .and_then(|mut state| {
+                    state.restore_extra(o.extra.clone())?;
+                    Ok(state)
+                })
+                .map_err(|e| {
                     Error::corrupt(&snap.path, 0, None, format!("owner {}: {e}", o.owner))
                 })?;
             r.snapshot_lsn_max = r.snapshot_lsn_max.max(o.last_lsn);
@@ -234,7 +238,9 @@ impl Replayer {
                     format!("record does not fit its owner's state: {why}"),
                 )
             })?;
-            owner.state.evolve(event);
+            owner
+                .state
+                .evolve_keyed(event, rec.key.as_ref().map(|k| &k.key));
         }
         if let Some(key) = rec.key {
             owner.state.keys.insert(key);

@@ -19,8 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CIQWAL\0\0";
-/// The version this build writes: preallocated, zero tail.
-pub const SEGMENT_VERSION: u32 = 2;
+/// The version this build writes: preallocated, zero tail (as version 2),
+/// records in the version 3 shapes (reservations and history; see
+/// `codec::RECORDS_V3`).
+pub const SEGMENT_VERSION: u32 = 3;
+/// The first preallocated version (zero tail); versions 2 and 3 are.
+pub const SEGMENT_VERSION_PREALLOCATED: u32 = 2;
 /// The oldest version this build reads: appended, no zero tail.
 pub const SEGMENT_VERSION_V1: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: usize = 32;

@@ -35,10 +35,14 @@ use super::error::{io_at, Error};
 use super::reader::list_segments;
 use super::segment::sync_dir;
 use crate::domain::idempotency::KeyTable;
-use crate::domain::{Item, OwnerId};
+use crate::domain::{Item, OwnerExtra, OwnerId};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CIQSNAP\0";
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// The version this build writes: version 1 plus holds and histories
+/// (`codec::SNAP_V2`).
+pub const SNAPSHOT_VERSION: u32 = codec::SNAP_V2;
+/// The oldest version this build reads.
+pub const SNAPSHOT_VERSION_V1: u32 = 1;
 pub const SNAPSHOT_HEADER_BYTES: usize = 32;
 /// Snapshots kept by `prune`: the newest, and one to fall back to.
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -66,6 +70,8 @@ pub struct OwnerSnapshot {
     pub last_lsn: u64,
     pub items: Vec<Item>,
     pub keys: KeyTable,
+    /// Holds and item histories (empty from a version 1 file).
+    pub extra: OwnerExtra,
 }
 
 /// What `write_snapshot` wrote.
@@ -110,7 +116,8 @@ fn encode_header(covers: u64) -> [u8; SNAPSHOT_HEADER_BYTES] {
     h
 }
 
-fn decode_header(path: &Path, h: &[u8; SNAPSHOT_HEADER_BYTES]) -> Result<u64, Error> {
+/// The covers LSN and the format version.
+fn decode_header(path: &Path, h: &[u8; SNAPSHOT_HEADER_BYTES]) -> Result<(u64, u32), Error> {
     if h[0..8] != SNAPSHOT_MAGIC {
         return Err(Error::Format {
             file: path.to_owned(),
@@ -127,14 +134,15 @@ fn decode_header(path: &Path, h: &[u8; SNAPSHOT_HEADER_BYTES]) -> Result<u64, Er
         ));
     }
     let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    if version != SNAPSHOT_VERSION {
+    if !(SNAPSHOT_VERSION_V1..=SNAPSHOT_VERSION).contains(&version) {
         return Err(Error::Version {
             file: path.to_owned(),
             found: version,
             supported: SNAPSHOT_VERSION,
         });
     }
-    Ok(u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")))
+    let covers = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    Ok((covers, version))
 }
 
 /// Counts the bytes written through it (for `SnapshotInfo::bytes`).
@@ -231,6 +239,8 @@ pub fn write_snapshot(
             last_lsn: o.last_lsn,
             items: o.items.len() as u64,
             keys: o.keys.len() as u64,
+            holds: o.extra.holds.len() as u64,
+            histories: o.extra.history.len() as u64,
         };
         payload.clear();
         codec::encode_snap_owner(&head, &mut payload);
@@ -239,6 +249,14 @@ pub fn write_snapshot(
             codec::encode_snap_item(i, out)
         })?;
         w.chunks(SnapChunk::Keys, o.keys.records(), codec::encode_snap_key)?;
+        w.chunks(SnapChunk::Holds, o.extra.holds.iter(), |h, out| {
+            codec::encode_snap_hold(h, out)
+        })?;
+        w.chunks(
+            SnapChunk::History,
+            o.extra.history.iter(),
+            |(id, e), out| codec::encode_snap_history(id, e.iter(), out),
+        )?;
         totals.owners += 1;
         totals.items += head.items;
         totals.keys += head.keys;
@@ -306,10 +324,12 @@ pub fn load(path: &Path) -> Result<LoadedSnapshot, Error> {
         path,
         offset: 0,
         payload: Vec::new(),
+        version: SNAPSHOT_VERSION,
     };
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
     r.read_exact(&mut header, "snapshot header")?;
-    let covers = decode_header(path, &header)?;
+    let (covers, version) = decode_header(path, &header)?;
+    r.version = version;
     let mut owners: Vec<OwnerSnapshot> = Vec::new();
     let mut seen = HashSet::new();
     loop {
@@ -352,6 +372,8 @@ struct FrameReader<'a, R> {
     path: &'a Path,
     offset: u64,
     payload: Vec<u8>,
+    /// The file's format version (selects the frame shapes).
+    version: u32,
 }
 
 impl<R: Read> FrameReader<'_, R> {
@@ -388,8 +410,11 @@ impl<R: Read> FrameReader<'_, R> {
         let read = self.read_exact(&mut frame[FRAME_HEADER_BYTES..], "frame payload");
         let parsed = read.and_then(
             |()| match codec::parse_frame(&frame, SNAP_FRAME_BYTES_MAX) {
-                FrameParse::Complete { payload, .. } => codec::decode_snap_frame(payload)
-                    .map_err(|e| self.corrupt(at, format!("snapshot frame does not decode: {e}"))),
+                FrameParse::Complete { payload, .. } => {
+                    codec::decode_snap_frame(payload, self.version).map_err(|e| {
+                        self.corrupt(at, format!("snapshot frame does not decode: {e}"))
+                    })
+                }
                 _ => Err(self.corrupt(at, "snapshot frame checksum mismatch")),
             },
         );
@@ -402,7 +427,15 @@ impl<R: Read> FrameReader<'_, R> {
         let mut items = Vec::with_capacity(head.items.min(1 << 20) as usize);
         let mut keys = KeyTable::default();
         let mut key_count = 0u64;
-        while (items.len() as u64) < head.items || key_count < head.keys {
+        let mut extra = OwnerExtra::default();
+        let keys_done = |items: &Vec<Item>, key_count| {
+            items.len() as u64 == head.items && key_count == head.keys
+        };
+        while (items.len() as u64) < head.items
+            || key_count < head.keys
+            || (extra.holds.len() as u64) < head.holds
+            || (extra.history.len() as u64) < head.histories
+        {
             let at = self.offset;
             match self.next_frame()? {
                 SnapFrame::Items(chunk) if (items.len() as u64) < head.items => {
@@ -417,6 +450,20 @@ impl<R: Read> FrameReader<'_, R> {
                         return Err(self.corrupt(at, "more keys than the owner header says"));
                     }
                     chunk.into_iter().for_each(|k| keys.insert(k));
+                }
+                SnapFrame::Holds(chunk) if keys_done(&items, key_count) => {
+                    extra.holds.extend(chunk);
+                    if extra.holds.len() as u64 > head.holds {
+                        return Err(self.corrupt(at, "more holds than the owner header says"));
+                    }
+                }
+                SnapFrame::History(chunk)
+                    if keys_done(&items, key_count) && extra.holds.len() as u64 == head.holds =>
+                {
+                    extra.history.extend(chunk);
+                    if extra.history.len() as u64 > head.histories {
+                        return Err(self.corrupt(at, "more histories than the owner header says"));
+                    }
                 }
                 _ => {
                     return Err(self.corrupt(
@@ -434,6 +481,7 @@ impl<R: Read> FrameReader<'_, R> {
             last_lsn: head.last_lsn,
             items,
             keys,
+            extra,
         })
     }
 

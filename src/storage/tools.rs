@@ -172,6 +172,27 @@ pub fn describe_record(rec: &Record) -> String {
                 .collect();
             format!("Transacted at={at} [{}]", parts.join(", "))
         }
+        Some(Event::Reserved { hold, version }) => format!(
+            "Reserved hold={} id={} qty={} v={version} at={} expires={}",
+            hold.id,
+            hold.item,
+            hold.qty.get(),
+            hold.created_at,
+            hold.expires_at
+        ),
+        Some(Event::HoldCommitted { hold, change, at }) => format!(
+            "HoldCommitted hold={hold} id={} qty={} v={} at={at}",
+            change.id,
+            change.qty.get(),
+            change.version
+        ),
+        Some(Event::HoldReleased { hold, version, at }) => {
+            format!("HoldReleased hold={hold} v={version} at={at}")
+        }
+        Some(Event::HoldsExpired { holds, at }) => {
+            let ids: Vec<String> = holds.iter().map(ToString::to_string).collect();
+            format!("HoldsExpired at={at} [{}]", ids.join(", "))
+        }
     };
     let key = match &rec.key {
         None => String::new(),

@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 
 use countiq::domain::idempotency::{IdemKey, KeyRecord, StoredResponse};
 use countiq::domain::{Event, Item, ItemName, Outcome, OwnerId, OwnerState, Qty, QtyVersion};
-use countiq::storage::codec::{encode_record, Record};
+use countiq::storage::codec::{encode_record, encode_record_version, Record};
 use countiq::storage::pipeline::{Failed, Pipeline};
 use countiq::storage::recovery::RecoveredOwner;
 use countiq::storage::segment::{encode_header_version, segment_name, LogDisk, SEGMENT_VERSION};
@@ -30,6 +30,7 @@ pub fn item(n: u128, name: &str, qty: u64, version: u64, at: i64) -> Item {
         id: id(n),
         name: ItemName::new(name).expect("valid name"),
         qty: Qty::from_stored(qty).expect("valid qty"),
+        reserved: countiq::domain::Qty::ZERO,
         version,
         created_at: at,
         updated_at: at,
@@ -141,7 +142,8 @@ pub fn segment_bytes_version(
     let mut ends = Vec::new();
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r.lsn, first_lsn + i as u64);
-        encode_record(
+        encode_record_version(
+            version,
             r.lsn,
             &r.owner,
             r.event.as_ref(),
@@ -167,7 +169,7 @@ pub fn replay_in_memory(records: &[Record]) -> HashMap<OwnerId, OwnerState> {
     for r in records {
         let s = owners.entry(r.owner.clone()).or_default();
         if let Some(e) = &r.event {
-            s.evolve(e);
+            s.evolve_keyed(e, r.key.as_ref().map(|k| &k.key));
         }
         if let Some(k) = &r.key {
             s.keys.insert(k.clone());
@@ -454,6 +456,7 @@ mod harness {
                         last_lsn: *last,
                         items,
                         keys,
+                        extra: s.snapshot_extra(),
                     }
                 })
                 .collect();

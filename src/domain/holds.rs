@@ -1,0 +1,74 @@
+//! Reservations (holds) and per-item history: the value types and bounds.
+//! The transitions live in `OwnerState` (mod.rs) next to the others.
+//!
+//! Invariants (checked by `OwnerState::check_invariants` in tests):
+//! - every item's `reserved` is the sum of its holds' `qty`, and
+//!   `reserved <= qty` (so `available = qty - reserved` is never negative);
+//! - every hold names an existing item and sits once in the expiry index;
+//! - an item has at most `HOLDS_PER_ITEM_MAX` holds, an owner at most
+//!   `HOLDS_PER_OWNER_MAX`;
+//! - an item's history holds at most `HISTORY_PER_ITEM_MAX` entries, newest
+//!   last, versions strictly increasing.
+
+use uuid::Uuid;
+
+use super::idempotency::IdemKey;
+use super::{Micros, Qty};
+
+/// Open holds on one item.
+pub const HOLDS_PER_ITEM_MAX: usize = 100;
+/// Open holds of one owner.
+pub const HOLDS_PER_OWNER_MAX: usize = 10_000;
+/// A hold's time to live, in seconds: 1..=HOLD_TTL_SECS_MAX (one day).
+pub const HOLD_TTL_SECS_MAX: u64 = 24 * 60 * 60;
+/// Holds one expiry step releases. The actor runs one step per message and
+/// per timer tick, so a burst of expiries never stalls the owner.
+pub const HOLD_EXPIRE_PER_STEP: usize = 64;
+/// History entries kept per item, newest kept. History is owner state, so
+/// it is in snapshots and survives log truncation; older entries are gone.
+pub const HISTORY_PER_ITEM_MAX: usize = 32;
+
+/// A reservation of `qty` units of `item` until `expires_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub id: Uuid,
+    pub item: Uuid,
+    pub qty: Qty,
+    pub created_at: Micros,
+    pub expires_at: Micros,
+}
+
+/// What a history entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Replaced,
+    Adjusted,
+    Transacted,
+    Reserved { hold: Uuid },
+    Committed { hold: Uuid },
+    Released { hold: Uuid },
+    Expired { hold: Uuid },
+}
+
+/// One transition of one item: the version it produced, when, the qty and
+/// reserved after it, the qty change, and the idempotency key if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub at: Micros,
+    pub change: Change,
+    pub qty: Qty,
+    pub reserved: Qty,
+    /// `qty` minus the qty before (0 for holds that do not move qty).
+    pub delta: i64,
+    pub key: Option<IdemKey>,
+}
+
+/// The holds and histories of one owner, as a snapshot carries them (next
+/// to its items and keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnerExtra {
+    pub holds: Vec<Hold>,
+    pub history: Vec<(Uuid, Vec<HistoryEntry>)>,
+}
