@@ -75,6 +75,7 @@ problem_responses! {
     KeyReused => "idempotency_key_reused: the key was used for a different request";
     KeysExhausted => "idempotency_keys_exhausted", headers(("Retry-After" = u64));
     Unavailable => "overloaded, not_ready or unavailable", headers(("Retry-After" = u64));
+    TooManySubscribers => "too_many_subscribers: the owner's open event streams are at their bound", headers(("Retry-After" = u64));
 }
 
 /// The errors of every keyed write with a body (POST, PUT, PATCH,
@@ -115,6 +116,7 @@ pub(super) enum BodyWriteErrors {
         super::items::adjust_qty,
         super::items::delete_item,
         super::items::transact,
+        super::events::events,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -123,7 +125,7 @@ pub(super) enum BodyWriteErrors {
     components(
         schemas(CreateBody, ReplaceBody, AdjustBody, TxBody, TxOpBody, ItemJson, ItemPage, TxResult, Problem),
         responses(BadRequest, Unauthorized, NotFound, Conflict, PreconditionFailed, PayloadTooLarge,
-            UnsupportedMediaType, KeyReused, KeysExhausted, Unavailable)
+            UnsupportedMediaType, KeyReused, KeysExhausted, Unavailable, TooManySubscribers)
     ),
     modifiers(&BearerAuth, &Bounds),
     tags((name = "items", description = "One owner's items"), (name = "ops", description = "Health, readiness, metrics"))

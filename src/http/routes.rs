@@ -7,6 +7,7 @@ pub const ITEMS: &str = "/items";
 pub const ITEM: &str = "/items/{id}";
 pub const ITEM_QTY: &str = "/items/{id}/qty";
 pub const TRANSACTIONS: &str = "/transactions";
+pub const EVENTS: &str = "/events";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
@@ -19,6 +20,7 @@ pub const TABLE: &[(&str, &[(&str, u16)])] = &[
     (ITEM, &[("GET", 200), ("PUT", 200), ("DELETE", 204)]),
     (ITEM_QTY, &[("PATCH", 200)]),
     (TRANSACTIONS, &[("POST", 200)]),
+    (EVENTS, &[("GET", 200)]),
     (HEALTHZ, &[("GET", 200)]),
     (READYZ, &[("GET", 200)]),
     (METRICS, &[("GET", 200)]),

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::watch;
+
 use super::ApiError;
 use crate::actor::registry::Registry;
 use crate::auth::Auth;
@@ -21,6 +23,8 @@ struct StateInner {
     registry: OnceLock<Registry>,
     /// Cleared when the node stops taking writes (log failure, shutdown).
     accepting: AtomicBool,
+    /// Turns true with `accepting` cleared: ends every change-feed stream.
+    closing: watch::Sender<bool>,
 }
 
 impl AppState {
@@ -30,6 +34,7 @@ impl AppState {
                 auth,
                 registry: OnceLock::new(),
                 accepting: AtomicBool::new(true),
+                closing: watch::Sender::new(false),
             }),
         }
     }
@@ -42,6 +47,12 @@ impl AppState {
     /// Stop serving `/items` (503 `not_ready`): log failure or shutdown.
     pub fn stop_accepting(&self) {
         self.inner.accepting.store(false, Ordering::Release);
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Turns true when the node stops: open event streams end.
+    pub(super) fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
     }
 
     /// Recovered, the log alive, and not shutting down.
