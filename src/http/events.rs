@@ -176,25 +176,21 @@ struct Pump {
 impl Pump {
     async fn run(mut self, after: Option<u64>) {
         let start = self.sub.lsn;
-        let mut sent = start;
-        match after {
-            None => {}
+        // The last LSN the client has (or is told to start from).
+        let (go_on, sent) = match after {
+            None => (true, start),
             Some(after) if after > self.newest => {
                 let oldest = feed::oldest_lsn(&self.log_dir).ok().flatten();
-                if !self.emit(reset(start, oldest)).await {
-                    return;
-                }
+                (self.emit(reset(start, oldest)).await, start)
             }
-            Some(after) if after < start => {
-                if !self.replay(after, start).await {
-                    return;
-                }
-            }
+            Some(after) if after < start => (self.replay(after, start).await, start),
             // Between the owner's last LSN and the node's: nothing of this
             // owner to replay; skip anything up to it.
-            Some(after) => sent = after,
+            Some(after) => (true, after),
+        };
+        if go_on {
+            self.live(sent).await;
         }
-        self.live(sent).await;
     }
 
     /// Send the owner's events in `(after, upto]` from the log, or `reset`
