@@ -142,6 +142,7 @@ impl Node {
             log: wal.appender(),
             config: config.actor,
             clock,
+            log_dir: config.data_dir.clone(),
         });
         let registry = Registry::new(shared);
         let owners = recovered.owners.len();

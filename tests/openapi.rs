@@ -7,6 +7,11 @@ use common::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+/// What the probe looks at in an answer.
+struct Probe {
+    status: StatusCode,
+}
+
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 /// Goal: every route the server serves is documented, and nothing that is
@@ -43,7 +48,17 @@ async fn document_matches_the_router() {
         for method in METHODS {
             let is_documented = ops.get(method).is_some();
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let r = s.send(m, &url, Some("alice"), None, &[]).await;
+            let status = if *path == countiq::http::routes::EVENTS && method == "get" {
+                // A stream that never ends: its head is the answer.
+                let r = s
+                    .http
+                    .get(format!("{}{url}", s.base))
+                    .bearer_auth(s.token("alice"));
+                r.send().await.expect("request").status()
+            } else {
+                s.send(m, &url, Some("alice"), None, &[]).await.status
+            };
+            let r = Probe { status };
             let served = r.status != StatusCode::METHOD_NOT_ALLOWED;
             assert_eq!(
                 is_documented, served,

@@ -18,6 +18,7 @@
 //! The [`Registry`](registry::Registry) activates exactly one actor per owner
 //! and parks idle ones without losing a message.
 
+pub mod feed;
 pub mod registry;
 pub(crate) mod slot;
 
@@ -127,7 +128,14 @@ pub(crate) enum Call {
         limit: usize,
         tx: Respond<Read<Option<HistoryPage>>>,
     },
+    /// Open a change-feed receiver (`None`: the owner's bound is reached).
+    Subscribe {
+        tx: Respond<Read<Option<FeedReceiver>>>,
+    },
 }
+
+/// A change-feed receiver, as the actor hands it out.
+pub(crate) type FeedReceiver = tokio::sync::broadcast::Receiver<Arc<feed::Change>>;
 
 pub(crate) enum Msg {
     /// Boxed so a mailbox slot is two words: tokio allocates mailbox slots
@@ -149,6 +157,15 @@ pub enum Reply {
     Write(Respond<Written>, Written),
     /// Nothing to answer but "durable" (a snapshot waiting for the log).
     Barrier(Respond<()>),
+    /// A new change-feed receiver, released once the owner's LSN it starts
+    /// after is durable.
+    Subscribed(
+        Respond<Read<Option<FeedReceiver>>>,
+        Read<Option<FeedReceiver>>,
+    ),
+    /// A write with subscribers listening: its reply, then its event to the
+    /// owner's hub once durable (`feed`).
+    Publish(Box<feed::Publish>),
 }
 
 impl Waiter for Reply {
@@ -159,12 +176,16 @@ impl Waiter for Reply {
             Reply::History(tx, answer) => deliver(tx, answer, result),
             Reply::Write(tx, answer) => deliver(tx, answer, result),
             Reply::Barrier(tx) => deliver(tx, (), result),
+            Reply::Subscribed(tx, answer) => deliver(tx, answer, result),
+            Reply::Publish(publish) => publish.complete(result),
         }
     }
 
     fn assigned(&mut self, lsn: u64) {
-        if let Reply::Write(_, Written::Done { lsn: at, .. }) = self {
-            *at = Some(lsn);
+        match self {
+            Reply::Write(_, Written::Done { lsn: at, .. }) => *at = Some(lsn),
+            Reply::Publish(publish) => publish.assigned(lsn),
+            _ => {}
         }
     }
 }
@@ -252,6 +273,8 @@ pub struct Shared {
     pub log: Appender<Reply>,
     pub config: ActorConfig,
     pub clock: Box<dyn Clock>,
+    /// Where the log's segments are (the change feed's replay reads them).
+    pub log_dir: std::path::PathBuf,
 }
 
 /// A cloneable handle to a running actor: a mailbox sender.
@@ -268,6 +291,9 @@ struct OwnerActor {
     /// reply waits until it is durable.
     last_lsn: u64,
     rx: mpsc::Receiver<Msg>,
+    /// The change-feed hub while the owner has (or recently had)
+    /// subscribers; `None` keeps the write path free of feed work.
+    feed: Option<feed::Hub>,
     shared: Arc<Shared>,
     /// Weak: the slot holds our mailbox sender, and a strong reference
     /// back would keep the mailbox open forever (no shutdown by drop).
@@ -279,6 +305,7 @@ fn spawn(
     owner: OwnerId,
     state: OwnerState,
     last_lsn: u64,
+    feed: Option<feed::Hub>,
     shared: Arc<Shared>,
     slot: Weak<registry::OwnerSlot>,
 ) -> OwnerHandle {
@@ -288,6 +315,7 @@ fn spawn(
         state,
         last_lsn,
         rx,
+        feed,
         shared,
         slot,
     };
@@ -380,6 +408,12 @@ impl OwnerActor {
                         .map(|(entries, more)| HistoryPage { entries, more });
                     self.respond(Reply::History(tx, self.read(page)));
                 }
+                Call::Subscribe { tx } => {
+                    let hub = self.feed.get_or_insert_with(feed::hub);
+                    let room = hub.receiver_count() < feed::SUBSCRIBERS_PER_OWNER_MAX;
+                    let receiver = room.then(|| hub.subscribe());
+                    self.respond(Reply::Subscribed(tx, self.read(receiver)));
+                }
             },
             Msg::Copy { tx } => {
                 let started = std::time::Instant::now();
@@ -420,9 +454,20 @@ impl OwnerActor {
         let Some(event) = applied.event.as_ref() else {
             return;
         };
+        // Nobody waits for an expiry, but the change feed's subscribers see
+        // it once durable like any other transition.
+        let publish = self.live_feed().map(|hub| {
+            let (tx, _nobody) = oneshot::channel();
+            Reply::Publish(Box::new(feed::Publish {
+                reply: Reply::Barrier(tx),
+                hub: hub.clone(),
+                lsn: 0,
+                event: event.clone(),
+            }))
+        });
         let owner = &self.owner;
         let encode = |lsn, buf: &mut Vec<u8>| encode_record(lsn, owner, Some(event), None, buf);
-        if let Ok(lsn) = self.shared.log.pipeline.append(encode, None) {
+        if let Ok(lsn) = self.shared.log.pipeline.append(encode, publish) {
             self.last_lsn = lsn;
         }
     }
@@ -477,11 +522,20 @@ impl OwnerActor {
             }
             return self.respond(Reply::Write(tx, answer));
         }
+        let mut reply = Reply::Write(tx, answer);
+        if let (Some(hub), Some(event)) = (self.live_feed(), applied.event.as_ref()) {
+            reply = Reply::Publish(Box::new(feed::Publish {
+                reply,
+                hub: hub.clone(),
+                lsn: 0,
+                event: event.clone(),
+            }));
+        }
         let owner = &self.owner;
         let (event, key_record) = (applied.event.as_ref(), applied.key.as_ref());
         let encode = |lsn, buf: &mut Vec<u8>| encode_record(lsn, owner, event, key_record, buf);
         // The record's LSN reaches the answer through `Waiter::assigned`.
-        let appended = (self.shared.log.pipeline).append(encode, Some(Reply::Write(tx, answer)));
+        let appended = (self.shared.log.pipeline).append(encode, Some(reply));
         if let Ok(lsn) = appended {
             self.last_lsn = lsn;
         }
@@ -491,6 +545,15 @@ impl OwnerActor {
         // On Err the pipeline has already failed the reply (503); the log is
         // dead and the node is stopping, so the in-memory state no longer
         // matters.
+    }
+
+    /// The hub, if anyone listens; a hub whose subscribers all left is
+    /// dropped here, so the next writes skip the feed again.
+    fn live_feed(&mut self) -> Option<&feed::Hub> {
+        if (self.feed.as_ref()).is_some_and(|hub| hub.receiver_count() == 0) {
+            self.feed = None;
+        }
+        self.feed.as_ref()
     }
 
     /// The answer for a keyed request that must not run again, if any.
@@ -556,6 +619,7 @@ impl slot::Parking for OwnerActor {
         registry::Parked {
             state,
             last_lsn: self.last_lsn,
+            feed: self.feed.take(),
         }
     }
 }

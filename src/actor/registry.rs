@@ -25,6 +25,9 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use tokio::sync::Semaphore;
+
+use super::feed::{SubscribeError, Subscription, SUBSCRIBERS_PER_NODE_MAX};
 use super::slot::{Mailbox, SendError, Slot, View};
 use super::{
     spawn, Call, CallError, HistoryPage, Msg, OwnerCopy, OwnerHandle, Page, Read, Reply, Shared,
@@ -38,6 +41,9 @@ use crate::domain::{Command, Item, OwnerId, OwnerState};
 pub(crate) struct Parked {
     pub state: OwnerState,
     pub last_lsn: u64,
+    /// The change-feed hub, kept while parked: a parked owner's
+    /// subscribers stay connected.
+    pub feed: Option<super::feed::Hub>,
 }
 
 pub(crate) type OwnerSlot = Slot<OwnerHandle, Parked>;
@@ -62,6 +68,8 @@ struct Inner {
     /// Actors started, ever (the `countiq_actor_activations_total` metric,
     /// kept here too so tests can count activations exactly).
     activations: AtomicU64,
+    /// The node-wide bound on change-feed subscriptions.
+    subscribers: Arc<Semaphore>,
 }
 
 /// Cloneable entry point to every owner.
@@ -77,6 +85,7 @@ impl Registry {
                 slots: DashMap::default(),
                 shared,
                 activations: AtomicU64::new(0),
+                subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_PER_NODE_MAX)),
             }),
         }
     }
@@ -107,7 +116,11 @@ impl Registry {
 
     /// Install recovered owners as parked (activated on first use).
     pub fn load(&self, owner: OwnerId, state: OwnerState, last_lsn: u64) {
-        let slot = Arc::new(Slot::parked(Parked { state, last_lsn }));
+        let slot = Arc::new(Slot::parked(Parked {
+            state,
+            last_lsn,
+            feed: None,
+        }));
         let previous = self.inner.slots.insert(owner, slot);
         assert!(previous.is_none(), "an owner is loaded once");
     }
@@ -133,6 +146,7 @@ impl Registry {
             owner.clone(),
             parked.state,
             parked.last_lsn,
+            parked.feed,
             shared,
             Arc::downgrade(slot),
         )
@@ -181,6 +195,28 @@ impl Registry {
         key: Option<(IdemKey, Fingerprint)>,
     ) -> Result<Written, CallError> {
         self.call(owner, |tx| Call::Write { cmd, key, tx }).await
+    }
+
+    /// Open a change-feed subscription: live events of `owner` after the
+    /// returned `lsn`, which is durable when this returns (module `feed`).
+    /// Bounded per owner and per node.
+    pub async fn subscribe(&self, owner: &OwnerId) -> Result<Subscription, SubscribeError> {
+        let permit = (self.inner.subscribers.clone())
+            .try_acquire_owned()
+            .map_err(|_| SubscribeError::NodeFull)?;
+        let read = self.call(owner, |tx| Call::Subscribe { tx }).await?;
+        let live = read.value.ok_or(SubscribeError::OwnerFull)?;
+        Ok(Subscription::new(live, read.lsn, permit))
+    }
+
+    /// Where the log's segments are (the change feed's replay).
+    pub fn log_dir(&self) -> &std::path::Path {
+        &self.inner.shared.log_dir
+    }
+
+    /// The highest durable LSN of the whole node.
+    pub fn durable_lsn(&self) -> u64 {
+        self.inner.shared.log.pipeline.durable_lsn()
     }
 
     /// Send one call to `owner`'s actor (starting it if parked) and wait.

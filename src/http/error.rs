@@ -44,6 +44,10 @@ pub enum ApiError {
         retry_after: Duration,
     },
     Overloaded,
+    /// 429 `too_many_subscribers`: the owner's change-feed bound.
+    TooManySubscribers,
+    /// 503 `feed_overloaded`: the node's change-feed bound.
+    FeedOverloaded,
     NotReady,
     /// 503 `not_ready` from `/readyz`, saying why (a JWKS never loaded).
     NotReadyBecause(String),
@@ -105,6 +109,22 @@ impl ApiError {
                 ),
             ),
             Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the owner's queue is full; retry shortly".into()),
+            TooManySubscribers => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_subscribers",
+                format!(
+                    "this owner has {} open event streams; close one first",
+                    crate::actor::feed::SUBSCRIBERS_PER_OWNER_MAX
+                ),
+            ),
+            FeedOverloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "feed_overloaded",
+                format!(
+                    "the node serves {} event streams; retry shortly",
+                    crate::actor::feed::SUBSCRIBERS_PER_NODE_MAX
+                ),
+            ),
             NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the node is not ready".into()),
             NotReadyBecause(why) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", why.clone()),
             Unavailable => (
@@ -180,7 +200,9 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded
             | ApiError::NotReady
             | ApiError::NotReadyBecause(_)
-            | ApiError::Unavailable => Some(RETRY_AFTER_SECS),
+            | ApiError::Unavailable
+            | ApiError::TooManySubscribers
+            | ApiError::FeedOverloaded => Some(RETRY_AFTER_SECS),
             ApiError::KeysExhausted { retry_after } => Some(retry_after.as_secs().max(1)),
             _ => None,
         };

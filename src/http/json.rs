@@ -66,6 +66,12 @@ impl Serialize for Rfc3339 {
     }
 }
 
+/// `micros` as RFC 3339 text (UTC, µs), for JSON built off the hot path.
+pub(super) fn rfc3339(micros: i64) -> String {
+    let mut buf = [0u8; RFC3339_MICROS_LEN];
+    rfc3339_micros(micros, &mut buf).to_owned()
+}
+
 /// Length of `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 const RFC3339_MICROS_LEN: usize = 27;
 

@@ -8,6 +8,7 @@
 //!   span); `request_metrics`: the request histogram's labels.
 //! - `extract`: strict JSON bodies, the bearer owner, `If-Match`,
 //!   `Idempotency-Key` and the request fingerprint.
+//! - `events`: `GET /events`, the owner's change feed (Server-Sent Events).
 //! - `bodies`: the request body types (objects only).
 //! - `items`: the `/items` and `/transactions` handlers; `ops`: health,
 //!   readiness, metrics.
@@ -19,6 +20,7 @@
 mod bodies;
 mod cursor;
 mod error;
+mod events;
 mod extract;
 pub mod front;
 mod items;
@@ -69,6 +71,7 @@ pub fn app(state: AppState) -> Router {
         .route(ITEM_RESERVATIONS, post(reservations::reserve))
         .route(RESERVATION, delete(reservations::release))
         .route(RESERVATION_COMMIT, post(reservations::commit))
+        .route(EVENTS, get(events::events))
         .route(HEALTHZ, get(ops::healthz))
         .route(READYZ, get(ops::readyz))
         .route(METRICS, get(ops::metrics))

@@ -85,6 +85,7 @@ problem_responses! {
     KeyReused => "idempotency_key_reused: the key was used for a different request";
     KeysExhausted => "idempotency_keys_exhausted", headers(("Retry-After" = u64));
     Unavailable => "overloaded, not_ready or unavailable", headers(("Retry-After" = u64));
+    TooManySubscribers => "too_many_subscribers: the owner's open event streams are at their bound", headers(("Retry-After" = u64));
 }
 
 /// The errors of every keyed write with a body (POST, PUT, PATCH,
@@ -129,6 +130,7 @@ pub(super) enum BodyWriteErrors {
         super::reservations::commit,
         super::reservations::release,
         super::reservations::history,
+        super::events::events,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -138,7 +140,7 @@ pub(super) enum BodyWriteErrors {
         schemas(CreateBody, ReplaceBody, AdjustBody, TxBody, TxOpBody, ItemJson, ItemPage, TxResult, Problem,
             ReserveBody, ReservationJson, HistoryJson, HistoryDoc),
         responses(BadRequest, Unauthorized, NotFound, Conflict, HoldConflict, PreconditionFailed, PayloadTooLarge,
-            UnsupportedMediaType, KeyReused, KeysExhausted, Unavailable)
+            UnsupportedMediaType, KeyReused, KeysExhausted, Unavailable, TooManySubscribers)
     ),
     modifiers(&BearerAuth, &Bounds),
     tags((name = "items", description = "One owner's items"), (name = "reservations", description = "Holds with expiry, and per-item history"), (name = "ops", description = "Health, readiness, metrics"))

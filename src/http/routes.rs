@@ -11,6 +11,7 @@ pub const ITEM_HISTORY: &str = "/items/{id}/history";
 pub const ITEM_RESERVATIONS: &str = "/items/{id}/reservations";
 pub const RESERVATION: &str = "/reservations/{id}";
 pub const RESERVATION_COMMIT: &str = "/reservations/{id}/commit";
+pub const EVENTS: &str = "/events";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
@@ -27,6 +28,7 @@ pub const TABLE: &[(&str, &[(&str, u16)])] = &[
     (ITEM_RESERVATIONS, &[("POST", 201)]),
     (RESERVATION, &[("DELETE", 204)]),
     (RESERVATION_COMMIT, &[("POST", 200)]),
+    (EVENTS, &[("GET", 200)]),
     (HEALTHZ, &[("GET", 200)]),
     (READYZ, &[("GET", 200)]),
     (METRICS, &[("GET", 200)]),

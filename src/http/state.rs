@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::watch;
+
 use super::ApiError;
 use crate::actor::registry::Registry;
 use crate::auth::Auth;
@@ -24,6 +26,8 @@ struct StateInner {
     /// Set when the node is one of a cluster: owners it does not hold are
     /// answered 421 right after authentication.
     cluster: OnceLock<crate::cluster::Placement>,
+    /// Turns true with `accepting` cleared: ends every change-feed stream.
+    closing: watch::Sender<bool>,
 }
 
 impl AppState {
@@ -34,6 +38,7 @@ impl AppState {
                 registry: OnceLock::new(),
                 accepting: AtomicBool::new(true),
                 cluster: OnceLock::new(),
+                closing: watch::Sender::new(false),
             }),
         }
     }
@@ -59,6 +64,12 @@ impl AppState {
     /// Stop serving `/items` (503 `not_ready`): log failure or shutdown.
     pub fn stop_accepting(&self) {
         self.inner.accepting.store(false, Ordering::Release);
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Turns true when the node stops: open event streams end.
+    pub(super) fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
     }
 
     /// Recovered, the log alive, and not shutting down.
