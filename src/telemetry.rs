@@ -64,171 +64,221 @@ pub enum Kind {
     Histogram,
 }
 
-/// Every metric family the node exports, with its help text. Labelled
-/// families are registered with the label sets known at start (see
-/// [`register_families`]).
-pub const FAMILIES: &[(&str, Kind, &str)] = &[
-    (
+/// Which series of a family exist from start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Series {
+    /// One series without labels.
+    One,
+    /// One series per value of one label.
+    Label(&'static str, &'static [&'static str]),
+    /// Registered by the HTTP layer (`http::request_metrics::register`):
+    /// each route's success series.
+    HttpLayer,
+}
+
+/// A metric family: name, kind, help text, and its series at start.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub series: Series,
+}
+
+const fn family(name: &'static str, kind: Kind, help: &'static str, series: Series) -> Family {
+    Family {
+        name,
+        kind,
+        help,
+        series,
+    }
+}
+
+/// Every metric family the node exports, with its help text and the series
+/// created at 0 on start-up.
+pub const FAMILIES: &[Family] = &[
+    family(
         "countiq_http_request_duration_seconds",
         Kind::Histogram,
         "Request latency by route template, method and status; its _count is the request counter.",
+        Series::HttpLayer,
     ),
-    (
+    family(
         "countiq_http_requests_shed_total",
         Kind::Counter,
         "Requests refused by the in-flight bound (503 overloaded).",
+        Series::One,
     ),
-    (
+    family(
         "countiq_http_connections_refused_total",
         Kind::Counter,
         "Connections closed by the connection bound.",
+        Series::One,
     ),
-    ("countiq_owners", Kind::Gauge, "Owners known to this node."),
-    (
+    family(
+        "countiq_owners",
+        Kind::Gauge,
+        "Owners known to this node.",
+        Series::One,
+    ),
+    family(
         "countiq_actors_active",
         Kind::Gauge,
         "Owners with a running actor.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_actors_parked",
         Kind::Gauge,
         "Owners whose idle actor was parked.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_actor_activations_total",
         Kind::Counter,
         "Actors started (including re-activations of parked owners).",
+        Series::One,
     ),
-    (
+    family(
         "countiq_actor_parks_total",
         Kind::Counter,
         "Idle actors parked.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_mailbox_depth_max",
         Kind::Gauge,
         "The deepest owner mailbox.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_mailbox_depth_top",
         Kind::Gauge,
         "The deepest mailboxes, by rank (1 = deepest).",
+        Series::Label("rank", &["1", "2", "3", "4", "5"]),
     ),
-    (
+    family(
         "countiq_wal_batch_records",
         Kind::Histogram,
         "Records per group commit.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_wal_fsync_seconds",
         Kind::Histogram,
         "fdatasync latency.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_wal_bytes_written_total",
         Kind::Counter,
         "Bytes written to the log.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_wal_records_total",
         Kind::Counter,
         "Records written to the log.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_wal_segments_created_total",
         Kind::Counter,
         "Log segments created.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_wal_segment_wait_seconds",
         Kind::Histogram,
         "How long a segment roll waited for the prepared segment.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_snapshot_seconds",
         Kind::Histogram,
         "Snapshot duration.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_snapshot_owner_pause_seconds",
         Kind::Histogram,
         "How long an owner paused to copy its state for a snapshot.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_recovery_seconds",
         Kind::Histogram,
         "Time to recover at start.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_idempotency_hits_total",
         Kind::Counter,
         "Keyed requests answered from a stored key (replays).",
+        Series::One,
     ),
-    (
+    family(
         "countiq_idempotency_misses_total",
         Kind::Counter,
         "Keyed requests with a new key.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_idempotency_reuse_conflicts_total",
         Kind::Counter,
         "Keys reused for a different request (422).",
+        Series::One,
     ),
-    (
+    family(
         "countiq_idempotency_expired_total",
         Kind::Counter,
         "Keys dropped at expiry.",
+        Series::One,
     ),
-    (
+    family(
         "countiq_jwks_fetches_total",
         Kind::Counter,
         "Identity-provider key set fetches, by outcome (ok, failed).",
+        Series::Label("outcome", &["ok", "failed"]),
     ),
-    (
+    family(
         "countiq_jwks_keys",
         Kind::Gauge,
         "Usable keys in the current identity-provider key set.",
+        Series::One,
     ),
 ];
 
-/// Counters whose series carry one label, created at start for each value.
-const LABELLED_COUNTERS: &[(&str, &str, &[&str])] =
-    &[("countiq_jwks_fetches_total", "outcome", &["ok", "failed"])];
+/// The mailbox ranks listed in `FAMILIES` are 1..=`TOP_OWNERS_REPORTED`.
+const _: () = assert!(TOP_OWNERS_REPORTED == 5);
 
-/// Describe every family and create its series at 0. A histogram is
-/// created without samples (count 0). The mailbox ranks are created for
-/// 1..=`TOP_OWNERS_REPORTED`; the request histogram's series belong to the
-/// HTTP layer (`http::request_metrics::register`, called by the server).
+/// Describe every family and create its series at 0 (a histogram without
+/// samples: count 0).
 fn register_families() {
-    for &(name, kind, help) in FAMILIES {
-        match kind {
-            Kind::Counter => {
-                metrics::describe_counter!(name, help);
-                if LABELLED_COUNTERS.iter().all(|(n, _, _)| *n != name) {
-                    metrics::counter!(name).absolute(0);
+    for f in FAMILIES {
+        match f.kind {
+            Kind::Counter => metrics::describe_counter!(f.name, f.help),
+            Kind::Gauge => metrics::describe_gauge!(f.name, f.help),
+            Kind::Histogram => metrics::describe_histogram!(f.name, f.help),
+        }
+        match f.series {
+            Series::One => zero(f.kind, f.name, &[]),
+            Series::Label(label, values) => {
+                for &value in values {
+                    zero(f.kind, f.name, &[(label, value)]);
                 }
             }
-            Kind::Gauge => {
-                metrics::describe_gauge!(name, help);
-                if name != "countiq_mailbox_depth_top" {
-                    metrics::gauge!(name).set(0.0);
-                }
-            }
-            Kind::Histogram => {
-                metrics::describe_histogram!(name, help);
-                if name != "countiq_http_request_duration_seconds" {
-                    let _ = metrics::histogram!(name);
-                }
-            }
+            Series::HttpLayer => {}
         }
     }
-    for &(name, label, values) in LABELLED_COUNTERS {
-        for &value in values {
-            metrics::counter!(name, label => value).absolute(0);
-        }
-    }
-    for rank in 1..=TOP_OWNERS_REPORTED {
-        metrics::gauge!("countiq_mailbox_depth_top", "rank" => rank.to_string()).set(0.0);
+}
+
+/// Create one series at 0.
+fn zero(kind: Kind, name: &'static str, labels: &[(&'static str, &'static str)]) {
+    match kind {
+        Kind::Counter => metrics::counter!(name, labels).absolute(0),
+        Kind::Gauge => metrics::gauge!(name, labels).set(0.0),
+        Kind::Histogram => drop(metrics::histogram!(name, labels)),
     }
 }
 

@@ -16,8 +16,9 @@ use countiq::telemetry::{Kind, FAMILIES};
 async fn a_fresh_node_exports_every_family_at_zero() {
     let s = TestServer::start().await;
     let text = s.text("/metrics").await;
-    for &(name, kind, _) in FAMILIES {
-        let kind = match kind {
+    for f in FAMILIES {
+        let name = f.name;
+        let kind = match f.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Histogram => "histogram",
@@ -75,7 +76,7 @@ fn the_readme_lists_every_family() {
         .map(|name| name.split('{').next().unwrap())
         .filter(|name| name.starts_with("countiq_"))
         .collect();
-    let exported: BTreeSet<&str> = FAMILIES.iter().map(|(name, _, _)| *name).collect();
+    let exported: BTreeSet<&str> = FAMILIES.iter().map(|f| f.name).collect();
     assert_eq!(
         listed, exported,
         "README Metrics table vs telemetry::FAMILIES"
