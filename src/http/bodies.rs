@@ -102,14 +102,6 @@ pub(super) struct ReserveBody {
     pub ttl: i64,
 }
 
-/// `GET /items` query parameters, as text: parsed by the handler so that
-/// a bad value gets its own error code.
-#[derive(Debug, Deserialize)]
-pub(super) struct ListQuery {
-    pub limit: Option<String>,
-    pub cursor: Option<String>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

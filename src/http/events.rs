@@ -115,7 +115,7 @@ fn lagged(last_sent: u64) -> SseEvent {
     security(("bearer" = [])),
     params(("Last-Event-ID" = Option<u64>, Header, description = "Resume after this LSN (the id of the last event received)")),
     responses(
-        (status = 200, description = "text/event-stream: `id: <LSN>`, `event: item.created | item.replaced | item.qty | item.deleted | transaction | reset | lagged`, `data: <json>`", content_type = "text/event-stream", body = String, headers(("CountIQ-LSN" = u64, description = "live events follow this LSN"))),
+        (status = 200, description = "text/event-stream: `id: <LSN>`, `event: item.created | item.replaced | item.qty | item.deleted | transaction | reservation.created | reservation.committed | reservation.released | reservation.expired | reset | lagged`, `data: <json>`", content_type = "text/event-stream", body = String, headers(("CountIQ-LSN" = u64, description = "live events follow this LSN"))),
         (status = 400, response = openapi::BadRequest),
         (status = 401, response = openapi::Unauthorized),
         (status = 429, response = openapi::TooManySubscribers),

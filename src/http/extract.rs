@@ -2,7 +2,7 @@
 //! `Idempotency-Key`. Transport rules only; no business rules.
 
 use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::bodies::Obj;
 use super::error::ApiError;
-use super::{AppState, BODY_BYTES_MAX, BODY_READ_TIMEOUT};
+use super::{AppState, BODY_BYTES_MAX, BODY_READ_TIMEOUT, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
+use crate::auth::AuthError;
 use crate::domain::idempotency::{Fingerprint, IdemKey};
 use crate::domain::{OwnerId, Precondition};
 
@@ -114,22 +115,65 @@ impl FromRequestParts<AppState> for Owner {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if !state.is_ready() {
+        if !state.is_serving() {
             return Err(ApiError::NotReady);
         }
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let owner = state
-            .auth()
-            .verify_header(value)
-            .map_err(ApiError::Unauthorized)?;
+        let owner = state.auth().verify_header(value).map_err(|e| match e {
+            AuthError::KeysNotLoaded => ApiError::NotReady,
+            e => ApiError::Unauthorized(e),
+        })?;
         tracing::Span::current().record("owner", owner.as_str());
         // After authentication, before the body, the key or the actor: a
         // misdirected request applies and stores nothing (421).
         state.check_owner(&owner)?;
         Ok(Owner(owner))
+    }
+}
+
+/// `?limit=&cursor=` of a paged route: `limit` 1 to `LIST_LIMIT_MAX`
+/// (default `LIST_LIMIT_DEFAULT`; 400 `invalid_limit` otherwise), the
+/// cursor as text (each route decodes its own), anything else in the query
+/// 400 `invalid_query`.
+pub struct PageQuery {
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PageQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        /// As text, so that a bad limit gets its own code.
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            limit: Option<String>,
+            cursor: Option<String>,
+        }
+        let Query(raw) = Query::<Raw>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadParameter {
+                code: "invalid_query",
+                detail: e.body_text(),
+            })?;
+        let limit = match raw.limit.as_deref() {
+            None => LIST_LIMIT_DEFAULT,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
+                .ok_or_else(|| ApiError::BadParameter {
+                    code: "invalid_limit",
+                    detail: format!("limit must be an integer from 1 to {LIST_LIMIT_MAX}"),
+                })?,
+        };
+        Ok(PageQuery {
+            limit,
+            cursor: raw.cursor,
+        })
     }
 }
 

@@ -2,14 +2,16 @@
 //! strictly, build a domain `Command`, ask the owner through the registry,
 //! render the answer. No business rules here.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::bodies::{AdjustBody, CreateBody, ListQuery, Obj, ReplaceBody, TxBody};
-use super::extract::{idempotency, if_match, item_id, JsonBody, Owner, RawId, WriteHeaders};
+use super::bodies::{AdjustBody, CreateBody, Obj, ReplaceBody, TxBody};
+use super::extract::{
+    idempotency, if_match, item_id, JsonBody, Owner, PageQuery, RawId, WriteHeaders,
+};
 use super::json::{item_response, outcome_response, set_lsn, ItemJson};
-use super::{cursor, openapi, routes, ApiError, AppState, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
+use super::{cursor, openapi, routes, ApiError, AppState};
 use crate::actor::{Page, Written};
 use crate::domain::idempotency::{Fingerprint, IdemKey};
 use crate::domain::{Command, Delta, ItemName, OwnerId, Qty, TxOp, TX_OPS_MAX};
@@ -58,14 +60,9 @@ pub(super) async fn get_item(
 pub(super) async fn list_items(
     State(s): State<AppState>,
     Owner(owner): Owner,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    PageQuery { limit, cursor }: PageQuery,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| bad_param("invalid_query", e.body_text()))?;
-    let limit = match q.limit.as_deref() {
-        None => LIST_LIMIT_DEFAULT,
-        Some(raw) => parse_limit(raw)?,
-    };
-    let after = q.cursor.as_deref().map(cursor::decode).transpose()?;
+    let after = cursor.as_deref().map(cursor::decode).transpose()?;
     let read = s.registry()?.list(&owner, after, limit).await?;
     let Page { items, more } = read.value;
     let next_cursor = more
@@ -78,19 +75,6 @@ pub(super) async fn list_items(
     let mut response = axum::Json(body).into_response();
     set_lsn(&mut response, read.lsn);
     Ok(response)
-}
-
-/// `limit`: an integer from 1 to `LIST_LIMIT_MAX`.
-pub(super) fn parse_limit(raw: &str) -> Result<usize, ApiError> {
-    raw.parse::<usize>()
-        .ok()
-        .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
-        .ok_or_else(|| {
-            bad_param(
-                "invalid_limit",
-                format!("limit must be an integer from 1 to {LIST_LIMIT_MAX}"),
-            )
-        })
 }
 
 #[utoipa::path(

@@ -3,15 +3,15 @@
 //! /reservations/{id}`, `GET /items/{id}/history`. Parse strictly, build a
 //! `Command`, ask the owner; the rules are the domain's.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::bodies::{ListQuery, ReserveBody};
-use super::extract::{idempotency, item_id, JsonBody, Owner, RawId, WriteHeaders};
-use super::items::{bad_param, invalid, parse_limit, write};
+use super::bodies::ReserveBody;
+use super::extract::{idempotency, item_id, JsonBody, Owner, PageQuery, RawId, WriteHeaders};
+use super::items::{bad_param, invalid, write};
 use super::json::{set_lsn, HistoryJson};
-use super::{openapi, routes, ApiError, AppState, LIST_LIMIT_DEFAULT};
+use super::{openapi, routes, ApiError, AppState};
 use crate::actor::HistoryPage;
 use crate::domain::{Command, Micros, Qty, HOLD_TTL_SECS_MAX};
 
@@ -145,15 +145,10 @@ pub(super) async fn history(
     State(s): State<AppState>,
     Owner(owner): Owner,
     RawId(id): RawId,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    PageQuery { limit, cursor }: PageQuery,
 ) -> Result<Response, ApiError> {
     let id = item_id(&id)?;
-    let Query(q) = query.map_err(|e| bad_param("invalid_query", e.body_text()))?;
-    let limit = match q.limit.as_deref() {
-        None => LIST_LIMIT_DEFAULT,
-        Some(raw) => parse_limit(raw)?,
-    };
-    let before = q.cursor.as_deref().map(history_cursor).transpose()?;
+    let before = cursor.as_deref().map(history_cursor).transpose()?;
     let read = s.registry()?.history(&owner, id, before, limit).await?;
     let HistoryPage { entries, more } = read.value.ok_or(ApiError::NotFound)?;
     let next_cursor = more
