@@ -400,10 +400,18 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(args.secret.keys()?)
     };
-    let auth = Verifier::from_config(AuthConfig {
-        own,
-        provider: args.provider.config()?,
-    })?;
+    let provider = args.provider.config()?;
+    // nginx routes by the token's raw `sub` (deploy/nginx/owner.js); a
+    // provider's subject maps to another owner id on the node (README
+    // "Tokens from an identity provider"), so every such request would be
+    // misdirected (421) for good. Refuse the combination until the proxy
+    // hashes the mapped id.
+    anyhow::ensure!(
+        !(args.cluster.is_some() && provider.is_some()),
+        "--cluster cannot be combined with --jwks-file/--jwks-url: the proxy routes by the \
+         token's raw `sub`, which is the node's owner id only for own tokens"
+    );
+    let auth = Verifier::from_config(AuthConfig { own, provider })?;
     let placement = match (&args.cluster, &args.node_id) {
         (Some(path), Some(id)) => Some(Cluster::load(path)?.placement(id)?),
         _ => None,

@@ -96,6 +96,10 @@ async fn rotated_secrets_all_verify_on_the_routes_until_removed() {
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
+    let id = common::read(created).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for token in [&new_token, &old_token, &legacy_token] {
         let r = common::read(get(&base, token).await.unwrap()).await;
         assert_eq!(r.status, StatusCode::OK);
@@ -114,15 +118,13 @@ async fn rotated_secrets_all_verify_on_the_routes_until_removed() {
     }
     for (token, reason) in [(&old_token, "no current key"), (&legacy_token, "no kid")] {
         let r = common::read(
-            http.patch(format!(
-                "{base}/items/00000000-0000-0000-0000-000000000000/qty"
-            ))
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .body(r#"{"delta": 1}"#)
-            .send()
-            .await
-            .unwrap(),
+            http.patch(format!("{base}/items/{id}/qty"))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(r#"{"delta": 1}"#)
+                .send()
+                .await
+                .unwrap(),
         )
         .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);

@@ -709,6 +709,13 @@ async fn readiness_waits_for_a_first_jwks_and_a_failed_refresh_keeps_the_last() 
     let r = node.send(Method::GET, "/items", Some(&token), None).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.code(), "not_ready");
+    // Own tokens do not depend on the provider: they keep working.
+    let own = Verifier::new(common::SECRET).mint(
+        &countiq::domain::OwnerId::new("own-alice").unwrap(),
+        Duration::from_secs(60),
+    );
+    let r = node.send(Method::GET, "/items", Some(&own), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
 
     idp.publish(StatusCode::OK, jwks(&[&key]));
     node.wait_ready().await;
@@ -726,7 +733,10 @@ async fn readiness_waits_for_a_first_jwks_and_a_failed_refresh_keeps_the_last() 
         let seen = idp.fetches();
         wait_until("two more refreshes", || async { idp.fetches() >= seen + 2 }).await;
         assert_eq!(node.ready().await.status, StatusCode::OK, "still ready");
-        let fresh = key.sign(&claims("auth0|alice"));
+        // A token the verifier's cache has never seen (jti differs).
+        let mut fresh_claims = claims("auth0|alice");
+        fresh_claims["jti"] = json!(format!("refresh-{seen}"));
+        let fresh = key.sign(&fresh_claims);
         assert_eq!(
             node.items(&fresh).await.len(),
             1,

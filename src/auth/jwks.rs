@@ -207,6 +207,10 @@ impl Provider {
                     .connect_timeout(JWKS_CONNECT_TIMEOUT)
                     .timeout(JWKS_FETCH_TIMEOUT)
                     .redirect(reqwest::redirect::Policy::limited(JWKS_REDIRECTS_MAX))
+                    // A redirect must not downgrade an https key source to
+                    // plain http (the configured URL alone is checked by
+                    // `parse_url`; loopback http stays allowed for tests).
+                    .https_only(url_is_https(raw))
                     .user_agent(concat!("countiq/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .map_err(|_| JwksError::Config("cannot build the HTTP client"))?,
@@ -394,6 +398,14 @@ fn validation(config: &ProviderConfig, alg: Algorithm) -> Validation {
 }
 
 /// https anywhere, http only to a loopback address (tests, a sidecar).
+/// Whether the configured key-set URL is https (then every redirect hop
+/// must be too).
+fn url_is_https(raw: &str) -> bool {
+    raw.trim_start()
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+}
+
 fn parse_url(raw: &str) -> Result<reqwest::Url, JwksError> {
     let bad = JwksError::Config("--jwks-url must be an https URL (or http to a loopback address)");
     let url = reqwest::Url::parse(raw).map_err(|_| JwksError::Config("--jwks-url is not a URL"))?;

@@ -16,7 +16,8 @@
 //! key never meets that key, and an RS256 key never verifies a PS256 token.
 //!
 //! Verified tokens are cached (by the whole token string) up to
-//! `TOKEN_CACHE_MAX`; a hit still checks the token's time window, and every
+//! `TOKEN_CACHE_MAX` entries and `TOKEN_CACHE_BYTES_MAX` bytes of tokens; a
+//! hit still checks the token's time window, and every
 //! change of the provider's key set invalidates the whole cache, so a key
 //! rotated out stops verifying at once. Nothing about a token or a key is
 //! ever logged.
@@ -25,7 +26,7 @@ pub mod claims;
 pub mod jwks;
 pub mod own;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,9 @@ pub const TOKEN_BYTES_MAX: usize = 4096;
 /// Verified tokens remembered at most; the cache is emptied when full
 /// (simple, bounded, and a miss only costs one verification).
 pub const TOKEN_CACHE_MAX: usize = 65_536;
+/// Token bytes the cache holds at most (tokens may be 4 KiB: the entry
+/// bound alone would allow 256 MiB).
+pub const TOKEN_CACHE_BYTES_MAX: usize = 16 << 20;
 
 /// Why a token was refused: always 401. The text is the
 /// `error_description` of `WWW-Authenticate` and the problem's `detail`, so
@@ -144,6 +148,8 @@ struct Inner {
     /// token, and only verified tokens are ever inserted, so a client cannot
     /// fill it with keys chosen to collide.
     cache: dashmap::DashMap<Box<str>, Verified, foldhash::fast::RandomState>,
+    /// Bytes of the tokens in `cache` (bounded by `TOKEN_CACHE_BYTES_MAX`).
+    cache_bytes: AtomicUsize,
     /// Bumped by the provider on every key-set change.
     generation: Arc<AtomicU64>,
 }
@@ -188,6 +194,7 @@ impl Verifier {
                 own,
                 provider,
                 cache: Default::default(),
+                cache_bytes: AtomicUsize::new(0),
                 generation,
             }),
         }
@@ -270,8 +277,16 @@ impl Verifier {
             }
             _ => return Err(AuthError::Algorithm),
         };
-        if self.inner.cache.len() >= TOKEN_CACHE_MAX {
+        // Approximate under races (a clear and an add may interleave), which
+        // only moves the bound by a few tokens.
+        let bytes = self
+            .inner
+            .cache_bytes
+            .fetch_add(token.len(), Ordering::Relaxed)
+            + token.len();
+        if self.inner.cache.len() >= TOKEN_CACHE_MAX || bytes > TOKEN_CACHE_BYTES_MAX {
             self.inner.cache.clear();
+            self.inner.cache_bytes.store(token.len(), Ordering::Relaxed);
         }
         let owner = verified.owner.clone();
         self.inner.cache.insert(token.into(), verified);
@@ -319,6 +334,34 @@ mod tests {
         assert_eq!(
             auth.verify_header(Some(&format!("bearer {token}"))),
             Ok(alice)
+        );
+    }
+
+    /// Goal: the cache holds at most `TOKEN_CACHE_BYTES_MAX` bytes of
+    /// tokens, whatever their size. Method: verify distinct ~3 KiB tokens
+    /// until twice the bound went through; the byte count stays within one
+    /// token of the bound and fewer tokens than were verified are cached.
+    #[test]
+    fn the_cache_is_bounded_by_bytes() {
+        let auth = Verifier::new(SECRET);
+        let hs = serde_json::json!({"alg": "HS256"});
+        let pad = "x".repeat(2000);
+        let mut verified = 0usize;
+        let mut i = 0u64;
+        while verified < 2 * TOKEN_CACHE_BYTES_MAX {
+            let claims =
+                serde_json::json!({"sub": "alice", "exp": now() + 60, "jti": i, "pad": pad});
+            let token = sign(hs.clone(), claims, SECRET);
+            assert!(auth.verify(&token).is_ok());
+            verified += token.len();
+            i += 1;
+            let bytes = auth.inner.cache_bytes.load(Ordering::Relaxed);
+            assert!(bytes <= TOKEN_CACHE_BYTES_MAX + TOKEN_BYTES_MAX, "{bytes}");
+        }
+        assert!(
+            (auth.inner.cache.len() as u64) < i / 2,
+            "{} of {i}",
+            auth.inner.cache.len()
         );
     }
 

@@ -235,6 +235,10 @@ impl OwnKeys {
 
     fn build(keys: Vec<(Option<String>, Vec<u8>)>) -> Self {
         assert!(!keys.is_empty(), "at least one secret");
+        assert!(
+            keys.iter().all(|(_, s)| s.len() >= SECRET_BYTES_MIN),
+            "own secrets are at least {SECRET_BYTES_MIN} bytes (the loaders refuse shorter ones)"
+        );
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_nbf = true;

@@ -72,10 +72,18 @@ impl AppState {
         self.inner.closing.subscribe()
     }
 
-    /// Recovered, the log alive, and not shutting down.
+    /// `/readyz`: serving, and the token verifier has what it needs (a
+    /// configured identity provider's keys were loaded at least once).
     pub fn is_ready(&self) -> bool {
+        self.is_serving() && self.inner.auth.is_ready()
+    }
+
+    /// Recovered, the log alive, and not shutting down: the owner routes
+    /// answer. Own tokens work before a provider's keys are loaded; a
+    /// provider token then gets 503 `not_ready` from the verifier.
+    pub(super) fn is_serving(&self) -> bool {
         let failed = self.inner.registry.get().is_none_or(Registry::log_failed);
-        !failed && self.inner.accepting.load(Ordering::Acquire) && self.inner.auth.is_ready()
+        !failed && self.inner.accepting.load(Ordering::Acquire)
     }
 
     pub(super) fn registry(&self) -> Result<&Registry, ApiError> {
