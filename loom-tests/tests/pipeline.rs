@@ -3,12 +3,15 @@
 //! of the correct pipeline, and each model has a "teeth" test: the same model
 //! over a deliberately broken `Pipeline<_, FAULT>` that loom must fail.
 //!
-//! The writer thread of the models does what `storage::wal::Writer::run`
+//! The writer thread of the models does what `storage::wal::Log::run`
 //! does, with a "disk" instead of a file: `next_batch`, then (if the batch
 //! has records) "write + sync", which stores the batch's last LSN in
-//! `Disk::synced`, then `complete`. Waiters check the disk, not the
+//! `Disk::synced`, then `complete`. A leader (an appender that found the
+//! log idle) does what `wal::Log::lead` does: `lead_batch`, the same
+//! "write + sync", `complete`, `end_lead`. Waiters check the disk, not the
 //! pipeline's own watermark: an `Ok` must never reach a caller before its
-//! LSN is on the disk.
+//! LSN is on the disk; the disk checks that batches reach it one holder at
+//! a time, in LSN order, and never after the writer thread has stopped.
 
 use std::sync::{Arc, Mutex as StdMutex};
 
@@ -35,14 +38,49 @@ fn check(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
     );
 }
 
-/// The disk the model writer "syncs" to. `synced` is the highest LSN whose
-/// bytes have been synced; `lsns` is every LSN written, in order.
-/// `lsns` is written only by the writer thread and read after joining it,
-/// so it need not be modelled (a std mutex keeps loom's state space small).
+/// The disk the model's token holders "sync" to. `synced` is the highest
+/// LSN whose bytes have been synced; `lsns` is every LSN written, in order.
+/// `lsns` and `stopped` are checked, not relied on for ordering, so they
+/// need not be modelled (std types keep loom's state space small).
 #[derive(Default)]
 struct Disk {
     synced: AtomicU64,
     lsns: StdMutex<Vec<u64>>,
+    /// The writer thread has returned (the real one drops the files then).
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Disk {
+    /// "write + sync" one batch's records (what `wal::Log::persist` does).
+    fn write(&self, bytes: &[u8], records: u64, last_lsn: u64) {
+        assert!(
+            !self.stopped.load(std::sync::atomic::Ordering::SeqCst),
+            "disk: written after the writer thread stopped"
+        );
+        let lsns: Vec<u64> = bytes
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(lsns.len() as u64, records);
+        assert_eq!(*lsns.last().unwrap(), last_lsn);
+        {
+            let mut on_disk = self.lsns.lock().unwrap();
+            let expected = on_disk.last().map_or(1, |l| l + 1);
+            assert_eq!(lsns[0], expected, "disk: written out of LSN order");
+            on_disk.extend(lsns);
+        }
+        // The sync returned: only now is the batch durable.
+        self.synced.store(last_lsn, Ordering::SeqCst);
+    }
+
+    /// A waiters-only batch claims everything appended so far is durable:
+    /// that must already be on the disk.
+    fn check_empty(&self, last_lsn: u64) {
+        assert!(
+            self.synced.load(Ordering::SeqCst) >= last_lsn,
+            "disk: an empty batch claims LSN {last_lsn} durable"
+        );
+    }
 }
 
 /// One caller's reply slot: how often it was completed and with what.
@@ -80,6 +118,12 @@ struct TestWaiter {
 }
 
 impl Waiter for TestWaiter {
+    /// The LSN the append really gave (the one guessed before appending
+    /// may have gone to a racing appender).
+    fn assigned(&mut self, lsn: u64) {
+        self.lsn = lsn;
+    }
+
     fn complete(self, result: Result<(), Failed>) {
         if result.is_ok() {
             let synced = self.disk.synced.load(Ordering::SeqCst);
@@ -121,32 +165,58 @@ enum SyncResult {
     Fails,
 }
 
-/// The writer thread's loop (as in `wal::Writer::run`).
+/// The writer thread's loop (as in `wal::Log::run`).
 fn writer<const F: u8>(p: &Pipeline<TestWaiter, F>, disk: &Disk, sync: SyncResult) {
     let mut spare = Vec::new();
     while let Some(batch) = p.next_batch(spare) {
         if batch.records > 0 {
             if sync == SyncResult::Fails {
                 p.fail(Some(batch));
+                disk.stopped
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 return;
             }
-            let lsns: Vec<u64> = batch
-                .bytes
-                .chunks(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            assert_eq!(lsns.len() as u64, batch.records);
-            assert_eq!(*lsns.last().unwrap(), batch.last_lsn);
-            disk.lsns.lock().unwrap().extend(lsns);
-            // The sync returned: only now is the batch durable.
-            disk.synced.store(batch.last_lsn, Ordering::SeqCst);
+            disk.write(&batch.bytes, batch.records, batch.last_lsn);
         } else {
-            // A waiters-only batch claims everything appended so far is
-            // durable: that must already be on the disk.
-            assert!(disk.synced.load(Ordering::SeqCst) >= batch.last_lsn);
+            disk.check_empty(batch.last_lsn);
         }
         spare = p.complete(batch);
     }
+    disk.stopped
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// An appender that leads when it finds the log idle (as an owner actor
+/// does: `Appender::append`, then `Leading::persist`): append with a
+/// waiter; if it got the token, take the batch, "write + sync" it (or fail
+/// it), complete it and end the lead. Returns the append's result and the
+/// caller's reply.
+fn append_and_lead<const F: u8>(
+    p: &Pipeline<TestWaiter, F>,
+    disk: &Arc<Disk>,
+    sync: SyncResult,
+) -> (Result<u64, Failed>, Arc<Reply>) {
+    let (wt, reply) = waiter(p.next_lsn(), disk);
+    let appended = match p.append_leading(encode, Some(wt)) {
+        Ok(a) => a,
+        Err(Failed) => return (Err(Failed), reply),
+    };
+    if appended.lead {
+        let batch = p.lead_batch(Vec::new());
+        if batch.records > 0 {
+            if sync == SyncResult::Fails {
+                p.fail(Some(batch));
+                p.end_lead();
+                return (Ok(appended.lsn), reply);
+            }
+            disk.write(&batch.bytes, batch.records, batch.last_lsn);
+        } else {
+            disk.check_empty(batch.last_lsn);
+        }
+        p.complete(batch);
+        p.end_lead();
+    }
+    (Ok(appended.lsn), reply)
 }
 
 // ---------------------------------------------------------------------------
@@ -212,8 +282,8 @@ fn durable_before_ok_catches_early_watermark() {
 /// A second actor appends with a waiter at the same time, so batch
 /// boundaries fall everywhere. `close` comes only after both answers, so it
 /// cannot rescue a lost wake-up.
-/// Catches: a waiter queued without waking the parked writer, or not
-/// queued at all when the fast-path check missed.
+/// Catches: a token handed to a parked writer without waking it, or a
+/// waiter not queued at all when the fast-path check missed.
 fn when_durable_race<const F: u8>(preemptions: usize) {
     check(preemptions, || {
         let disk = Arc::new(Disk::default());
@@ -250,9 +320,9 @@ fn when_durable_race_completes_once() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn when_durable_race_catches_skipped_wake() {
-    // Teeth: `when_durable` queues without waking the writer; loom finds
-    // the schedule where the writer completed the record's batch and parked
-    // between the fast-path check and the push: nobody ever answers.
+    // Teeth: handing an idle log's token to the writer thread does not
+    // wake it; loom finds the schedule where the writer parked before the
+    // append: it never takes the record, and nobody ever answers.
     when_durable_race::<{ fault::SKIP_WAKE }>(2);
 }
 
@@ -390,4 +460,184 @@ fn close_catches_dropped_pending() {
     // Teeth: `next_batch` returns None as soon as `closing` is set; loom
     // finds the append that got its LSN just before the close and is lost.
     close_drains::<{ fault::CLOSE_DROPS_PENDING }>(2);
+}
+
+// ---------------------------------------------------------------------------
+// Leaders: an appender that finds the log idle writes and syncs itself.
+
+/// Two appenders append with waiters and lead when they find the log idle,
+/// while a third party reads (`when_durable` of the last LSN it saw) and
+/// the writer thread takes over whatever a leader leaves behind. Every
+/// waiter must be answered Ok exactly once, after the disk covers it; the
+/// disk must see one holder at a time, in LSN order. `close` only after
+/// every answer, so it cannot rescue a forgotten record.
+/// Catches: a leader granted while the token is held (two holders), a
+/// leader that frees the token with work pending, a read queued on an idle
+/// log, a hand-off that does not wake the writer, and ack before sync on
+/// the leader's path.
+fn leaders<const F: u8>(preemptions: usize) {
+    check(preemptions, || {
+        let disk = Arc::new(Disk::default());
+        let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
+        let w = {
+            let (p, disk) = (p.clone(), disk.clone());
+            thread::spawn(move || writer(&p, &disk, SyncResult::Succeeds))
+        };
+        let a = {
+            let (p, disk) = (p.clone(), disk.clone());
+            thread::spawn(move || {
+                let (result, reply) = append_and_lead(&p, &disk, SyncResult::Succeeds);
+                (result, reply.wait())
+            })
+        };
+        let reader = {
+            let (p, disk) = (p.clone(), disk.clone());
+            thread::spawn(move || {
+                // The LSN a read would wait for: whatever was assigned.
+                let lsn = p.next_lsn() - 1;
+                let (wt, reply) = waiter(lsn, &disk);
+                p.when_durable(lsn, wt);
+                reply.wait()
+            })
+        };
+        let (result, reply) = append_and_lead(&p, &disk, SyncResult::Succeeds);
+        assert!(result.is_ok());
+        assert_eq!(reply.wait(), Ok(()));
+        assert_eq!(reply.outcomes().len(), 1);
+        let (other, answer) = a.join().unwrap();
+        assert!(other.is_ok());
+        assert_eq!(answer, Ok(()));
+        assert_eq!(reader.join().unwrap(), Ok(()));
+        p.close();
+        w.join().unwrap();
+        assert_eq!(*disk.lsns.lock().unwrap(), vec![1, 2]);
+    });
+}
+
+#[test]
+fn leaders_answer_once_in_order() {
+    // Goal: invariants 1-4 with leaders, 3 preemptions.
+    leaders::<{ fault::NONE }>(3);
+}
+
+#[test]
+#[should_panic(expected = "completed Ok while the disk has only")]
+fn leaders_catch_two_holders() {
+    // Teeth: every appender leads; loom finds the second holder taking an
+    // empty batch and completing it (and so the other's waiter) while the
+    // first holder's write of that LSN is still under way.
+    leaders::<{ fault::LEAD_WHILE_HELD }>(2);
+}
+
+#[test]
+#[should_panic(expected = "deadlock")]
+fn leaders_catch_release_with_work() {
+    // Teeth: a leader frees the token without looking at what joined its
+    // batch meanwhile; the other appender's record waits forever.
+    leaders::<{ fault::RELEASE_WITH_WORK }>(2);
+}
+
+#[test]
+#[should_panic(expected = "deadlock")]
+fn leaders_catch_read_queued_when_idle() {
+    // Teeth: a read that finds the log idle (nothing to write) is queued
+    // instead of answered; nobody holds the token to take it.
+    leaders::<{ fault::QUEUE_WHEN_IDLE }>(2);
+}
+
+#[test]
+#[should_panic(expected = "completed Ok while the disk has only")]
+fn leaders_catch_early_watermark() {
+    // Teeth: ack before sync on the leader's path: the watermark is
+    // published when the leader takes its batch.
+    leaders::<{ fault::EARLY_WATERMARK }>(2);
+}
+
+/// A leader's sync fails while another appender and the writer thread
+/// race it: every waiter ends `Err(Failed)` exactly once, nothing is on
+/// the disk, the log says failed, and the writer thread stops (no close
+/// needed: a failed log ends it).
+/// Catches: waiters left queued by the failing leader.
+fn leader_fails<const F: u8>(preemptions: usize) {
+    check(preemptions, || {
+        let disk = Arc::new(Disk::default());
+        let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
+        let w = {
+            let (p, disk) = (p.clone(), disk.clone());
+            thread::spawn(move || writer(&p, &disk, SyncResult::Fails))
+        };
+        let a = {
+            let (p, disk) = (p.clone(), disk.clone());
+            thread::spawn(move || append_and_lead(&p, &disk, SyncResult::Fails).1)
+        };
+        let mine = append_and_lead(&p, &disk, SyncResult::Fails).1;
+        let other = a.join().unwrap();
+        w.join().unwrap();
+        assert_eq!(disk.synced.load(Ordering::SeqCst), 0);
+        for reply in [mine, other] {
+            assert_eq!(
+                reply.outcomes(),
+                vec![Err(Failed)],
+                "every waiter fails exactly once"
+            );
+        }
+        assert!(p.has_failed());
+    });
+}
+
+#[test]
+fn leader_failure_fails_every_waiter_once() {
+    // Goal: invariant 2 under a leader's failure, 3 preemptions.
+    leader_fails::<{ fault::NONE }>(3);
+}
+
+#[test]
+#[should_panic(expected = "every waiter fails exactly once")]
+fn leader_failure_catches_forgotten_queued_waiters() {
+    // Teeth: `fail` forgets the queued waiters; loom finds the appender
+    // that joined while the leader's sync was failing.
+    leader_fails::<{ fault::FAIL_LEAVES_QUEUED }>(2);
+}
+
+/// `close` while an appender may be leading: the writer thread must not
+/// stop (the real one then drops the segment files) before the leader has
+/// written; every accepted append is on the disk and answered once.
+/// Catches: a writer that stops on `closing` while the token is held.
+fn close_with_leader<const F: u8>(preemptions: usize) {
+    check(preemptions, || {
+        let disk = Arc::new(Disk::default());
+        let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
+        let w = {
+            let (p, disk) = (p.clone(), disk.clone());
+            thread::spawn(move || writer(&p, &disk, SyncResult::Succeeds))
+        };
+        let a = {
+            let (p, disk) = (p.clone(), disk.clone());
+            thread::spawn(move || append_and_lead(&p, &disk, SyncResult::Succeeds))
+        };
+        p.close();
+        let (result, reply) = a.join().unwrap();
+        w.join().unwrap();
+        match result {
+            Ok(lsn) => {
+                assert!(disk.lsns.lock().unwrap().contains(&lsn));
+                assert_eq!(reply.outcomes(), vec![Ok(())]);
+            }
+            Err(Failed) => assert_eq!(reply.outcomes(), vec![Err(Failed)]),
+        }
+    });
+}
+
+#[test]
+fn close_waits_for_the_leader() {
+    // Goal: close semantics with a leader, 3 preemptions.
+    close_with_leader::<{ fault::NONE }>(3);
+}
+
+#[test]
+#[should_panic(expected = "written after the writer thread stopped")]
+fn close_catches_writer_stopping_under_a_leader() {
+    // Teeth: the writer stops as soon as `closing` is set; loom finds the
+    // leader that writes after the files are gone.
+    close_with_leader::<{ fault::CLOSE_DROPS_PENDING }>(2);
 }

@@ -37,13 +37,17 @@ use crate::domain::{
 };
 use crate::storage::codec::encode_record;
 use crate::storage::pipeline::{Failed, Waiter};
-use crate::storage::wal::Appender;
+use crate::storage::wal::{Appender, Leading};
 
 /// Mailbox depth per owner. A full mailbox answers 503 `overloaded` at once
 /// (`try_send`); it never queues without bound.
 pub const MAILBOX_DEPTH_DEFAULT: usize = 4096;
 /// Messages an actor takes from its mailbox per wake-up.
 const MAILBOX_BATCH_MAX: usize = 256;
+/// The largest pass over the mailbox after which an actor that leads the
+/// log writes and syncs on its own thread (`OwnerActor::commit`); larger
+/// passes hand the batch to the writer thread.
+const LEAD_PASS_MAX: usize = 8;
 
 /// A read's answer and the owner's LSN it reflects: the state after every
 /// record of this owner up to `lsn` (0: nothing was ever logged).
@@ -298,6 +302,10 @@ struct OwnerActor {
     /// Weak: the slot holds our mailbox sender, and a strong reference
     /// back would keep the mailbox open forever (no shutdown by drop).
     slot: Weak<registry::OwnerSlot>,
+    /// The commit token, while this actor leads the log: taken by an
+    /// append that found the log idle, resolved by [`Self::commit`] at the
+    /// end of the same pass, never held across an `.await`.
+    lead: Option<Leading<Reply>>,
 }
 
 /// Start an actor for `owner` with `state`; returns its handle.
@@ -318,6 +326,7 @@ fn spawn(
         feed,
         shared,
         slot,
+        lead: None,
     };
     tokio::spawn(actor.run());
     OwnerHandle { tx }
@@ -347,6 +356,11 @@ impl OwnerActor {
                     Err(_elapsed) if expiry.is_some() => {
                         self.shared.log.wait_for_room().await;
                         self.expire_due();
+                        // Nobody waits for an expiry: no reason to borrow
+                        // this thread for its sync.
+                        if let Some(lead) = self.lead.take() {
+                            lead.hand_off();
+                        }
                         continue;
                     }
                     Err(_elapsed) => {
@@ -374,8 +388,28 @@ impl OwnerActor {
                 }
             }
             self.shared.log.wait_for_room().await;
+            let handled = batch.len();
             for msg in batch.drain(..) {
                 self.handle(msg);
+            }
+            self.commit(handled);
+        }
+    }
+
+    /// End of a pass over the mailbox. If this actor leads the log (its
+    /// first append found it idle), it writes and syncs the batch on this
+    /// thread when nobody else is waiting: the pass was small and the
+    /// mailbox is empty, so one client (or a few) wait for exactly this
+    /// batch, and answering them from here saves two cross-thread
+    /// wake-ups (to the writer thread and back). Otherwise the writer
+    /// thread takes the batch and this actor goes on applying the waiting
+    /// messages while it syncs (pipelining).
+    fn commit(&mut self, handled: usize) {
+        if let Some(lead) = self.lead.take() {
+            if handled <= LEAD_PASS_MAX && self.rx.is_empty() {
+                lead.persist();
+            } else {
+                lead.hand_off();
             }
         }
     }
@@ -467,8 +501,9 @@ impl OwnerActor {
         });
         let owner = &self.owner;
         let encode = |lsn, buf: &mut Vec<u8>| encode_record(lsn, owner, Some(event), None, buf);
-        if let Ok(lsn) = self.shared.log.pipeline.append(encode, publish) {
+        if let Ok((lsn, lead)) = self.shared.log.append(encode, publish) {
             self.last_lsn = lsn;
+            self.take_lead(lead);
         }
     }
 
@@ -535,16 +570,27 @@ impl OwnerActor {
         let (event, key_record) = (applied.event.as_ref(), applied.key.as_ref());
         let encode = |lsn, buf: &mut Vec<u8>| encode_record(lsn, owner, event, key_record, buf);
         // The record's LSN reaches the answer through `Waiter::assigned`.
-        let appended = (self.shared.log.pipeline).append(encode, Some(reply));
-        if let Ok(lsn) = appended {
+        let appended = self.shared.log.append(encode, Some(reply));
+        let lsn = appended.ok().map(|(lsn, lead)| {
             self.last_lsn = lsn;
-        }
+            self.take_lead(lead);
+            lsn
+        });
         if let Some((at, (item, outcome))) = trace {
-            trace_transition(&self.owner, &item, &outcome, appended.ok(), at);
+            trace_transition(&self.owner, &item, &outcome, lsn, at);
         }
         // On Err the pipeline has already failed the reply (503); the log is
         // dead and the node is stopping, so the in-memory state no longer
         // matters.
+    }
+
+    /// Keep the commit token an append gave this actor (at most one: the
+    /// token is this actor's until `commit`).
+    fn take_lead(&mut self, lead: Option<Leading<Reply>>) {
+        if let Some(lead) = lead {
+            debug_assert!(self.lead.is_none(), "two leads at once");
+            self.lead = Some(lead);
+        }
     }
 
     /// The hub, if anyone listens; a hub whose subscribers all left is
@@ -610,6 +656,10 @@ impl slot::Parking for OwnerActor {
     fn drain_mailbox(&mut self) {
         while let Ok(msg) = self.rx.try_recv() {
             self.handle(msg);
+        }
+        // Under the slot lock: never block on a sync here.
+        if let Some(lead) = self.lead.take() {
+            lead.hand_off();
         }
     }
 

@@ -1,5 +1,9 @@
-//! The WAL writer: one OS thread for all owners that turns pipeline batches
-//! into durable segment bytes.
+//! The WAL: turns pipeline batches into durable segment bytes, on the
+//! thread of whoever holds the commit token (`pipeline` module docs): an
+//! owner actor that found the log idle (a leader: one request at a time is
+//! written and synced on the actor's own thread, and its reply goes out
+//! from there, with no hand-off to another thread and back), or the one
+//! writer thread, which takes over whenever more than one batch is waiting.
 //!
 //! Per batch: one `write`, one `fdatasync` (`--fsync always`), then the
 //! durable watermark moves and the batch's replies go out. A failed write or
@@ -12,11 +16,12 @@
 //! Segment files are prepared ahead of time by a second thread, the
 //! preparer (with `--fsync always` zero-filled to their full size; see
 //! `segment` and `snapshots/FORMAT.md`), so zero-filling never runs between
-//! a batch's write and its reply: while the writer fills one segment, the
-//! next one is already prepared and waiting. A failed preparation is
-//! handed to the writer and fails the log when the writer needs that file
-//! (at the roll), like a failed write; the preparer then stops, so nothing
-//! is retried.
+//! a batch's write and its reply: while the log fills one segment, the
+//! next one is already prepared and waiting. Rolling to it is left to the
+//! writer thread (a leader that finds the segment full passes the token
+//! on). A failed preparation is handed to the writer and fails the log when
+//! the writer needs that file (at the roll), like a failed write; the
+//! preparer then stops, so nothing is retried.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +31,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::pipeline::{Pipeline, Waiter};
+use super::pipeline::{Failed, Pipeline, Waiter};
 use super::segment::{LogDisk, SegmentFile, SEGMENT_HEADER_BYTES};
 
 /// Pending bytes above which actors wait before appending more: bounds the
@@ -60,19 +65,20 @@ pub struct WalStats {
     pub bytes: AtomicU64,
 }
 
-/// Handle to the running writer.
+/// Handle to the running log.
 pub struct Wal<W> {
     pub pipeline: Arc<Pipeline<W>>,
     pub stats: Arc<WalStats>,
-    /// Notified each time the writer takes a batch (room for more bytes).
+    /// Notified each time a batch is taken (room for more bytes).
     pub room: Arc<Notify>,
+    log: Arc<dyn Lead<W>>,
     thread: std::sync::Mutex<Option<JoinHandle<io::Result<()>>>>,
 }
 
 impl<W: Waiter + Send + 'static> Wal<W> {
-    /// Start the writer on `disk`. The first segment starts at the
-    /// pipeline's next LSN. `on_fatal` runs once, on the writer thread, if
-    /// the log fails.
+    /// Start the writer thread on `disk`. The first segment starts at the
+    /// pipeline's next LSN. `on_fatal` runs once, on the thread that saw it,
+    /// if the log fails.
     ///
     /// Blocks until the writer holds its first segment (prepared and
     /// installed: one zero-fill of `segment_bytes`) or has failed to get it
@@ -87,23 +93,20 @@ impl<W: Waiter + Send + 'static> Wal<W> {
     ) -> io::Result<Self> {
         let room = Arc::new(Notify::new());
         let stats = Arc::new(WalStats::default());
-        let writer = Writer {
-            disk,
+        let log = Arc::new(Log {
+            files: std::sync::Mutex::new(None),
             pipeline: pipeline.clone(),
             room: room.clone(),
             config,
             stats: stats.clone(),
-        };
+            on_fatal: std::sync::Mutex::new(Some(Box::new(on_fatal))),
+            failure: std::sync::Mutex::new(None),
+        });
         let (started_tx, started) = mpsc::sync_channel(1);
+        let writer = log.clone();
         let thread = std::thread::Builder::new()
             .name("countiq-wal".into())
-            .spawn(move || {
-                let result = writer.run(started_tx);
-                if let Err(e) = &result {
-                    on_fatal(e);
-                }
-                result
-            })?;
+            .spawn(move || writer.run(disk, started_tx))?;
         // A receive error means the thread ended before sending (it could
         // not start its preparer, or panicked): reported like any failure.
         let _ = started.recv();
@@ -111,21 +114,23 @@ impl<W: Waiter + Send + 'static> Wal<W> {
             pipeline,
             stats,
             room,
+            log,
             thread: std::sync::Mutex::new(Some(thread)),
         })
     }
 
-    /// What appenders (the owner actors) hold: the pipeline and the
-    /// writer's room signal, without the writer thread itself.
+    /// What appenders (the owner actors) hold: the pipeline, the room
+    /// signal and the means to lead, without the writer thread itself.
     pub fn appender(&self) -> Appender<W> {
         Appender {
             pipeline: self.pipeline.clone(),
             room: self.room.clone(),
+            log: self.log.clone(),
         }
     }
 
     /// Stop accepting records, write and sync what is pending, join the
-    /// writer. Returns the writer's result.
+    /// writer. Returns the log's result: the first failure, if any.
     pub fn shutdown(&self) -> io::Result<()> {
         self.pipeline.close();
         let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
@@ -138,12 +143,13 @@ impl<W: Waiter + Send + 'static> Wal<W> {
     }
 }
 
-/// The appending side of a running log: the commit pipeline and the signal
-/// the writer gives each time it takes a batch. Cheap to clone; the writer
-/// thread stays with the [`Wal`] (the node owns it).
+/// The appending side of a running log: the commit pipeline, the signal
+/// given each time a batch is taken, and the means to lead. Cheap to clone;
+/// the writer thread stays with the [`Wal`] (the node owns it).
 pub struct Appender<W> {
     pub pipeline: Arc<Pipeline<W>>,
     room: Arc<Notify>,
+    log: Arc<dyn Lead<W>>,
 }
 
 impl<W> Clone for Appender<W> {
@@ -151,12 +157,30 @@ impl<W> Clone for Appender<W> {
         Appender {
             pipeline: self.pipeline.clone(),
             room: self.room.clone(),
+            log: self.log.clone(),
         }
     }
 }
 
 impl<W: Waiter> Appender<W> {
+    /// Append a record (see [`Pipeline::append_leading`]); when the log was
+    /// idle the caller leads it: the returned [`Leading`] persists the batch
+    /// on the caller's thread, or hands it to the writer thread.
+    pub fn append(
+        &self,
+        encode: impl FnOnce(u64, &mut Vec<u8>),
+        waiter: Option<W>,
+    ) -> Result<(u64, Option<Leading<W>>), Failed> {
+        let appended = self.pipeline.append_leading(encode, waiter)?;
+        let lead = appended.lead.then(|| Leading {
+            log: Some(self.log.clone()),
+        });
+        Ok((appended.lsn, lead))
+    }
+
     /// Wait until the pending buffer has room (backpressure for actors).
+    /// Never call it while holding a [`Leading`]: the batch it waits for
+    /// would be the one it holds back.
     pub async fn wait_for_room(&self) {
         // Fast path (nearly always): room now. No `Notify` registration,
         // whose waiter-list lock an actor would otherwise take per wake-up.
@@ -175,15 +199,115 @@ impl<W: Waiter> Appender<W> {
     }
 }
 
-struct Writer<D, W> {
+/// The commit token, held by an appender that found the log idle. Nothing
+/// it appended (or that joined it) is written until it either
+/// [`persist`](Leading::persist)s or is dropped; dropping hands the token
+/// and the batch to the writer thread, so a forgotten lead costs a hop,
+/// never a lost record.
+#[must_use = "dropping a lead hands its batch to the writer thread"]
+pub struct Leading<W: Waiter> {
+    /// `None` once persisted.
+    log: Option<Arc<dyn Lead<W>>>,
+}
+
+impl<W: Waiter> Leading<W> {
+    /// Write (and with `--fsync always` sync) everything pending on this
+    /// thread, answer its waiters from here, then free the token or pass it
+    /// to the writer thread if more arrived meanwhile. Blocks for one
+    /// write (+ fdatasync): call it only where blocking that long is fine.
+    pub fn persist(mut self) {
+        if let Some(log) = self.log.take() {
+            log.lead();
+        }
+    }
+
+    /// Pass the token and the batch to the writer thread (what dropping
+    /// does), e.g. when more requests are waiting than one leader should
+    /// keep its thread for.
+    pub fn hand_off(self) {}
+}
+
+impl<W: Waiter> Drop for Leading<W> {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.pipeline().end_lead();
+        }
+    }
+}
+
+/// What a leader needs of the log, without its disk type.
+trait Lead<W>: Send + Sync {
+    fn pipeline(&self) -> &Pipeline<W>;
+    /// Persist one batch on the calling thread, then `end_lead`.
+    fn lead(&self);
+}
+
+/// The segment files: only the commit token's holder locks them, so the
+/// lock is never waited for (it orders a leader's write after the writer
+/// thread's last, for the compiler and the reader alike).
+struct Files<D: LogDisk> {
+    segment: D::File,
+    /// Dropped (stopped and joined) when the writer thread returns, so that
+    /// nothing touches the directory after that.
+    preparer: Preparer<D::Prepared>,
     disk: D,
+    /// A leader's reused batch buffer (the writer thread keeps its own).
+    spare: Vec<u8>,
+}
+
+struct Log<D: LogDisk, W> {
+    /// `None` until the first segment is installed and after the writer
+    /// thread has returned.
+    files: std::sync::Mutex<Option<Files<D>>>,
     pipeline: Arc<Pipeline<W>>,
     room: Arc<Notify>,
     config: WalConfig,
     stats: Arc<WalStats>,
+    on_fatal: std::sync::Mutex<Option<OnFatal>>,
+    /// A leader's failure, for the writer thread to return at shutdown.
+    failure: std::sync::Mutex<Option<io::Error>>,
 }
 
-impl<D: LogDisk, W: Waiter> Writer<D, W> {
+type OnFatal = Box<dyn FnOnce(&io::Error) + Send>;
+
+impl<D: LogDisk, W: Waiter + Send> Lead<W> for Log<D, W> {
+    fn pipeline(&self) -> &Pipeline<W> {
+        &self.pipeline
+    }
+
+    fn lead(&self) {
+        let mut files = self.files.lock().expect("WAL files lock poisoned");
+        let Some(f) = files.as_mut() else {
+            // Not started, or stopped: only a closing writer could take it.
+            drop(files);
+            return self.pipeline.end_lead();
+        };
+        if f.segment.len() >= self.config.segment_bytes {
+            // Rolling waits for the preparer and installs a file: left to
+            // the writer thread.
+            drop(files);
+            return self.pipeline.end_lead();
+        }
+        let batch = self.pipeline.lead_batch(std::mem::take(&mut f.spare));
+        self.room.notify_waiters();
+        if batch.records > 0 {
+            let first_lsn = batch.last_lsn + 1 - batch.records;
+            if let Err(e) = self.persist(f, &batch.bytes, first_lsn, batch.records) {
+                drop(files);
+                self.pipeline.fail(Some(batch));
+                self.room.notify_waiters();
+                let e = self.fatal(e);
+                *self.failure.lock().expect("WAL failure lock poisoned") = Some(e);
+                return;
+            }
+        }
+        f.spare = self.pipeline.complete(batch);
+        drop(files);
+        self.pipeline.end_lead();
+    }
+}
+
+impl<D: LogDisk, W: Waiter> Log<D, W> {
     /// How big a prepared segment is. Preallocation only pays where a
     /// sync follows each batch (`--fsync always`: the sync then flushes
     /// data only). With `--fsync never` nothing waits for a sync, and
@@ -197,88 +321,108 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
         }
     }
 
-    /// `started` is sent to once the first segment is installed or could
-    /// not be.
-    fn run(mut self, started: mpsc::SyncSender<()>) -> io::Result<()> {
+    /// The writer thread. `started` is sent to once the first segment is
+    /// installed or could not be.
+    fn run(&self, mut disk: D, started: mpsc::SyncSender<()>) -> io::Result<()> {
         // The first segment is named after the first LSN not yet durable.
         // Not `next_lsn()`: appends may already have happened by the time
         // this thread runs, and a segment must be named after the LSN of
-        // its first record. Nothing is durable before the writer's first
-        // batch, so `durable + 1` is the pipeline's starting LSN.
+        // its first record. Nothing is durable before the first batch, so
+        // `durable + 1` is the pipeline's starting LSN.
         let first_lsn = self.pipeline.durable_lsn() + 1;
-        // Dropped (stopped and joined) on every return below.
-        let preparer = match Preparer::start(self.disk.clone(), self.preallocate_bytes()) {
+        let preparer = match Preparer::start(disk.clone(), self.preallocate_bytes()) {
             Ok(p) => p,
             Err(e) => return Err(self.fail_empty(e)),
         };
         let first = preparer
             .next()
-            .and_then(|prepared| self.disk.install(prepared, first_lsn));
-        // `start` is waiting for this (capacity 1: never blocks).
-        let _ = started.send(());
-        let mut segment = match first {
-            Ok(s) => s,
-            Err(e) => return Err(self.fail_empty(e)),
-        };
+            .and_then(|prepared| disk.install(prepared, first_lsn));
+        match first {
+            Ok(segment) => {
+                *self.files.lock().expect("WAL files lock poisoned") = Some(Files {
+                    segment,
+                    preparer,
+                    disk,
+                    spare: Vec::new(),
+                });
+                // `start` is waiting for this (capacity 1: never blocks).
+                let _ = started.send(());
+            }
+            Err(e) => {
+                drop(preparer);
+                let _ = started.send(());
+                return Err(self.fail_empty(e));
+            }
+        }
         let mut spare = Vec::new();
         while let Some(batch) = self.pipeline.next_batch(spare) {
             self.room.notify_waiters();
+            let mut files = self.files.lock().expect("WAL files lock poisoned");
+            let f = files.as_mut().expect("installed before the first batch");
             if batch.records > 0 {
                 let first_lsn = batch.last_lsn + 1 - batch.records;
-                let persisted = self.persist(
-                    &mut segment,
-                    &preparer,
-                    &batch.bytes,
-                    first_lsn,
-                    batch.records,
-                );
-                if let Err(e) = persisted {
+                if let Err(e) = self.persist(f, &batch.bytes, first_lsn, batch.records) {
+                    // Stop the preparer before anyone else can look.
+                    files.take();
                     self.pipeline.fail(Some(batch));
                     self.room.notify_waiters();
-                    return Err(e);
+                    return Err(self.fatal(e));
                 }
             }
+            drop(files);
             spare = self.pipeline.complete(batch);
         }
-        // Closing: with `--fsync never` this is the sync that makes a
-        // graceful shutdown durable.
-        segment.sync_data()
+        // Closing with the log idle, or failed (a leader's write or sync).
+        let files = self.files.lock().expect("WAL files lock poisoned").take();
+        if self.pipeline.has_failed() {
+            let failure = self
+                .failure
+                .lock()
+                .expect("WAL failure lock poisoned")
+                .take();
+            return Err(failure.unwrap_or_else(|| io::Error::other("the WAL has failed")));
+        }
+        // With `--fsync never` this is the sync that makes a graceful
+        // shutdown durable.
+        match files {
+            Some(mut f) => f.segment.sync_data(),
+            None => Ok(()),
+        }
     }
 
     /// Write one batch (rolling the segment first if it is full) and, with
     /// `--fsync always`, sync it.
     fn persist(
-        &mut self,
-        segment: &mut D::File,
-        preparer: &Preparer<D::Prepared>,
+        &self,
+        f: &mut Files<D>,
         bytes: &[u8],
         first_lsn: u64,
         records: u64,
     ) -> io::Result<()> {
-        if segment.len() >= self.config.segment_bytes {
+        if f.segment.len() >= self.config.segment_bytes {
             // The old segment is complete and synced: every batch in it was.
             // With `--fsync never` sync it now, so that a segment is
             // complete before the next one exists.
             if self.config.fsync == FsyncPolicy::Never {
-                segment.sync_data()?;
+                f.segment.sync_data()?;
             }
             // Normally ready long ago; this waits only when segments fill
             // faster than the preparer zero-fills them.
             let waited = Instant::now();
-            let prepared = preparer.next()?;
+            let prepared = f.preparer.next()?;
             metrics::histogram!("countiq_wal_segment_wait_seconds")
                 .record(waited.elapsed().as_secs_f64());
-            *segment = self.disk.install(prepared, first_lsn)?;
+            f.segment = f.disk.install(prepared, first_lsn)?;
             metrics::counter!("countiq_wal_segments_created_total").increment(1);
         }
-        segment.write_all(bytes)?;
+        f.segment.write_all(bytes)?;
         // The deliberately broken variant acknowledges after the write but
         // before any sync; the power-cut test must catch it (README).
         let sync =
             self.config.fsync == FsyncPolicy::Always && !cfg!(feature = "broken-ack-before-fsync");
         if sync {
             let started = Instant::now();
-            segment.sync_data()?;
+            f.segment.sync_data()?;
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             metrics::histogram!("countiq_wal_fsync_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -294,10 +438,19 @@ impl<D: LogDisk, W: Waiter> Writer<D, W> {
         Ok(())
     }
 
+    /// Run `on_fatal` (once, whoever fails first) and give the error back.
+    fn fatal(&self, e: io::Error) -> io::Error {
+        let on_fatal = self.on_fatal.lock().expect("WAL lock poisoned").take();
+        if let Some(f) = on_fatal {
+            f(&e);
+        }
+        e
+    }
+
     /// The writer could not even start: fail whatever is queued.
     fn fail_empty(&self, e: io::Error) -> io::Error {
         self.pipeline.fail(None);
-        e
+        self.fatal(e)
     }
 }
 
