@@ -16,7 +16,7 @@ use countiq::storage::reader::{list_prepared, read_all};
 use countiq::storage::recovery::{recover, recover_readonly};
 use countiq::storage::segment::{segment_name, DirDisk, SEGMENT_HEADER_BYTES, SEGMENT_VERSION};
 use countiq::storage::testing::{ChanWaiter, Fault, FaultOp, FaultyDisk, MemDisk};
-use countiq::storage::wal::{FsyncPolicy, Wal, WalConfig};
+use countiq::storage::wal::{Appender, FsyncPolicy, Wal, WalConfig};
 use countiq::storage::Error;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -172,6 +172,36 @@ fn flip_every_bit(
 /// One power-cut run: appenders on the real pipeline + writer over a
 /// `MemDisk`; `cuts` images taken at random moments, each with the LSNs
 /// acknowledged before it. Returns (cut dirs with acks, who wrote each LSN).
+/// Who writes the appenders' records: the writer thread (every append hands
+/// off), or the appenders themselves whenever they find the log idle (the
+/// owner actors' path: `Appender::append`, then `Leading::persist`), with
+/// the writer thread taking over when batches queue up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Writer,
+    Leaders,
+}
+
+/// Append by `path`; `led` counts the appends that led the log.
+fn append_via<W: Waiter>(
+    log: &Appender<W>,
+    path: Path,
+    led: &AtomicU64,
+    encode: impl FnOnce(u64, &mut Vec<u8>),
+    waiter: W,
+) -> Result<u64, Failed> {
+    match path {
+        Path::Writer => log.pipeline.append(encode, Some(waiter)),
+        Path::Leaders => log.append(encode, Some(waiter)).map(|(lsn, lead)| {
+            if let Some(lead) = lead {
+                led.fetch_add(1, Ordering::Relaxed);
+                lead.persist();
+            }
+            lsn
+        }),
+    }
+}
+
 struct CutImage {
     dir: tempfile::TempDir,
     acked: Vec<u64>,
@@ -180,6 +210,7 @@ struct CutImage {
 fn power_cut_run(
     seed: u64,
     fsync: FsyncPolicy,
+    path: Path,
     cuts: usize,
 ) -> (Vec<CutImage>, HashMap<u64, countiq::domain::OwnerId>) {
     const APPENDERS: usize = 4;
@@ -188,21 +219,25 @@ fn power_cut_run(
     let mut wal = start_wal(disk.clone(), 1, 2048, fsync);
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
+    let led = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..APPENDERS)
         .map(|t| {
-            let pipeline = wal.pipeline.clone();
-            let (acked, stop) = (acked.clone(), stop.clone());
+            let log = wal.appender();
+            let (acked, stop, led) = (acked.clone(), stop.clone(), led.clone());
             std::thread::spawn(move || {
                 let o = owner(&format!("o{t}"));
                 let mut mine = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let (tx, rx) = mpsc::channel();
-                    let appended = pipeline.append(
+                    let appended = append_via(
+                        &log,
+                        path,
+                        &led,
                         |lsn, buf| {
                             let (e, k) = lsn_record(lsn);
                             encode_record(lsn, &o, Some(&e), k.as_ref(), buf);
                         },
-                        Some(ChanWaiter(tx)),
+                        ChanWaiter(tx),
                     );
                     let Ok(lsn) = appended else { break };
                     mine.push(lsn);
@@ -229,6 +264,19 @@ fn power_cut_run(
     }
     stop.store(true, Ordering::Relaxed);
     stop_wal(&mut wal).unwrap();
+    let (led, batches) = (
+        led.load(Ordering::Relaxed),
+        wal.stats.batches.load(Ordering::Relaxed),
+    );
+    match path {
+        // Both ways of writing happened: leaders wrote at most `led`
+        // batches, so the writer thread wrote the rest.
+        Path::Leaders => assert!(
+            led > 0 && batches > led,
+            "seed {seed}: {led} leads, {batches} batches"
+        ),
+        Path::Writer => assert_eq!(led, 0),
+    }
     let mut owner_of = HashMap::new();
     for t in threads {
         let (o, lsns) = t.join().unwrap();
@@ -286,16 +334,29 @@ fn power_cut_never_loses_an_acknowledged_record() {
     // holding every record acknowledged before the cut.
     // The segments are preallocated, so the cuts also land in the zeros, on
     // a prepared file, and between rolls: each case must occur.
+    power_cuts_lose_nothing_acknowledged(Path::Writer);
+}
+
+#[test]
+fn power_cut_never_loses_an_acknowledged_record_written_by_leaders() {
+    // Goal: the same promise on the leaders' path (an appender that finds
+    // the log idle writes and syncs on its own thread, the writer thread
+    // takes over when batches queue up, and only it rolls segments).
+    // Method: the same runs and checks, the appenders leading.
+    power_cuts_lose_nothing_acknowledged(Path::Leaders);
+}
+
+fn power_cuts_lose_nothing_acknowledged(path: Path) {
     const RUNS: u64 = 100;
     const CUTS: usize = 20;
     let mut records_checked = 0u64;
     let mut checked = Checked::default();
     for seed in 0..RUNS {
-        let (images, owner_of) = power_cut_run(seed, FsyncPolicy::Always, CUTS);
+        let (images, owner_of) = power_cut_run(seed, FsyncPolicy::Always, path, CUTS);
         check_images(&images, &owner_of, &mut checked);
         assert_eq!(
             checked.lost, 0,
-            "seed {seed}: an acknowledged record was lost"
+            "{path:?}, seed {seed}: an acknowledged record was lost"
         );
         records_checked += images.iter().map(|i| i.acked.len() as u64).sum::<u64>();
     }
@@ -305,28 +366,30 @@ fn power_cut_never_loses_an_acknowledged_record() {
     );
     assert!(
         checked.torn > 0 && checked.zero_tail > 0 && checked.prepared > 0,
-        "every kind of cut must occur: {checked:?}"
+        "{path:?}: every kind of cut must occur: {checked:?}"
     );
 }
 
 #[test]
 fn power_cut_with_fsync_never_loses_acknowledged_records() {
-    // Goal: prove the power-cut test can fail. Method: the same runs with
-    // `FsyncPolicy::Never`, which acknowledges after `write` without sync:
-    // some cut must lose an acknowledged record (recovery still yields an
-    // intact prefix).
-    let mut checked = Checked::default();
-    for seed in 0..20 {
-        let (images, owner_of) = power_cut_run(1000 + seed, FsyncPolicy::Never, 20);
-        check_images(&images, &owner_of, &mut checked);
-        if checked.lost > 0 {
-            break;
+    // Goal: prove the power-cut test can fail, on both paths. Method: the
+    // same runs with `FsyncPolicy::Never`, which acknowledges after `write`
+    // without sync: some cut must lose an acknowledged record (recovery
+    // still yields an intact prefix).
+    for path in [Path::Writer, Path::Leaders] {
+        let mut checked = Checked::default();
+        for seed in 0..20 {
+            let (images, owner_of) = power_cut_run(1000 + seed, FsyncPolicy::Never, path, 20);
+            check_images(&images, &owner_of, &mut checked);
+            if checked.lost > 0 {
+                break;
+            }
         }
+        assert!(
+            checked.lost > 0,
+            "{path:?}: fsync never must lose acknowledged records in a power cut"
+        );
     }
-    assert!(
-        checked.lost > 0,
-        "fsync never must lose acknowledged records in a power cut"
-    );
 }
 
 /// A waiter that records the order in which waiters complete.
@@ -343,6 +406,11 @@ impl Waiter for SeqWaiter {
 }
 
 fn fault_case(op: FaultOp, nth: u64, errno: i32) {
+    fault_case_via(op, nth, errno, Path::Writer);
+    fault_case_via(op, nth, errno, Path::Leaders);
+}
+
+fn fault_case_via(op: FaultOp, nth: u64, errno: i32, path: Path) {
     const APPENDERS: usize = 3;
     const APPENDS_MAX: usize = 200;
     let dir = tempfile::tempdir().unwrap();
@@ -366,9 +434,11 @@ fn fault_case(op: FaultOp, nth: u64, errno: i32) {
     )
     .unwrap();
     let seq = Arc::new(AtomicU64::new(0));
+    let led = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..APPENDERS)
         .map(|t| {
-            let (pipeline, seq) = (pipeline.clone(), seq.clone());
+            let (appender, pipeline, seq) = (wal.appender(), pipeline.clone(), seq.clone());
+            let led = led.clone();
             std::thread::spawn(move || {
                 let o = owner(&format!("o{t}"));
                 let mut log = Vec::new();
@@ -378,12 +448,15 @@ fn fault_case(op: FaultOp, nth: u64, errno: i32) {
                         seq: seq.clone(),
                         tx,
                     };
-                    let appended = pipeline.append(
+                    let appended = append_via(
+                        &appender,
+                        path,
+                        &led,
                         |lsn, buf| {
                             let (e, k) = lsn_record(lsn);
                             encode_record(lsn, &o, Some(&e), k.as_ref(), buf);
                         },
-                        Some(waiter),
+                        waiter,
                     );
                     let (n, result) = rx.recv().expect("every waiter is completed");
                     log.push((n, appended.ok(), result, o.clone()));
@@ -402,7 +475,7 @@ fn fault_case(op: FaultOp, nth: u64, errno: i32) {
         .collect();
     let shutdown = stop_wal(&mut wal);
 
-    let what = format!("{op:?} #{nth} errno {errno}");
+    let what = format!("{path:?}: {op:?} #{nth} errno {errno}");
     assert!(
         shutdown.is_err(),
         "{what}: the writer must report the failure"
