@@ -164,6 +164,12 @@ pub const FAMILIES: &[Family] = &[
         Series::One,
     ),
     family(
+        "countiq_wal_batches_led_total",
+        Kind::Counter,
+        "Batches written by a leading owner actor on its own thread (the rest by the WAL writer thread).",
+        Series::One,
+    ),
+    family(
         "countiq_wal_fsync_seconds",
         Kind::Histogram,
         "fdatasync latency.",

@@ -374,7 +374,11 @@ impl OwnerActor {
                 // Every handle is gone: the registry was dropped (shutdown).
                 return;
             }
-            if received < MAILBOX_BATCH_MAX {
+            // One message and an idle log: one request at a time, nobody
+            // else about to send; handle it now (a yield costs a round
+            // through the scheduler, which wakes the other worker to steal).
+            let alone = received == 1 && self.shared.log.pipeline.is_idle();
+            if received < MAILBOX_BATCH_MAX && !alone {
                 // Let the callers that are ready to run send first, then take
                 // what they sent too: one wake-up and one pass per batch of
                 // requests instead of one per request (tokio's LIFO slot

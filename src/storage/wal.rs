@@ -301,6 +301,9 @@ impl<D: LogDisk, W: Waiter + Send> Lead<W> for Log<D, W> {
                 return;
             }
         }
+        if batch.records > 0 {
+            metrics::counter!("countiq_wal_batches_led_total").increment(1);
+        }
         f.spare = self.pipeline.complete(batch);
         drop(files);
         self.pipeline.end_lead();
