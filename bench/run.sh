@@ -529,13 +529,13 @@ stage_interleaved() {
         "$(median $(il_col "$CONNS" "$s" 5))" "$(median $(il_col "$CONNS" "$s" 6))" "$runs" "$note"
     done
   done
-  local pstart pend
-  pstart="$(awk '$1 == "start" { print $2 }' "$PROBE_TSV")"
-  pend="$(awk '$1 == "end" { print $2 }' "$PROBE_TSV")"
-  record "interleaved" "fsync-probe, start and end" "countiq wal fsync-probe" yes 1 NA \
-    "$(awk -v a="$pstart" -v b="$pend" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/) printf "%.3f", (a + b) / 2000; else print "NA" }')" \
-    "$(awk '$1 == "end" { print ($3 ~ /^[0-9.]+$/) ? $3 / 1000 : "NA" }' "$PROBE_TSV")" "" \
-    "p50 µs start $pstart, end $pend (p50 column: their mean); $PROBE_COUNT × (one framed PATCH record + fdatasync) in the CountIQ data dir"
+  # probe_mean FIELD : the mean of the start and end probes' FIELD (2 p50,
+  # 3 p99) in ms, NA unless both are numbers.
+  probe_mean() {
+    awk -v f="$1" '$f ~ /^[0-9.]+$/ { s += $f; n++ } END { if (n == 2) printf "%.3f", s / 2000; else print "NA" }' "$PROBE_TSV"
+  }
+  record "interleaved" "fsync-probe, start and end" "countiq wal fsync-probe" yes 1 NA "$(probe_mean 2)" "$(probe_mean 3)" "" \
+    "p50/p99 µs at the start $(awk '$1 == "start" { print $2 "/" $3 }' "$PROBE_TSV"), at the end $(awk '$1 == "end" { print $2 "/" $3 }' "$PROBE_TSV") (the columns: their means); $PROBE_COUNT × (append one framed PATCH record + fdatasync) in the CountIQ always data dir"
   for s in "${systems[@]}"; do
     read -r port item <<<"${srv[$s]}"
     curl -fsS -H "Authorization: Bearer $IL_TOKEN" "http://127.0.0.1:$port/items/$item" | jq -c '{qty, version}' \
@@ -573,7 +573,7 @@ in_list() { [[ " $CONNS_LIST " == *" $1 "* ]]; }
 render_goals() {
   [[ -s "$IL_TSV" ]] || return 0
   local probe p50s
-  probe="$(awk '$2 ~ /^[0-9.]+$/ { s += $2; n++ } END { if (n) printf "%.1f", s / n; else print "NA" }' "$PROBE_TSV" 2>/dev/null || echo NA)"
+  probe="$(awk '$2 ~ /^[0-9.]+$/ { s += $2; n++ } END { if (n == 2) printf "%.1f", s / n; else print "NA" }' "$PROBE_TSV" 2>/dev/null || echo NA)"
   echo
   echo "### Goals (issue 19), from the interleaved rounds"
   echo
