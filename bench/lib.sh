@@ -12,7 +12,17 @@ OUT_DIR="${OUT_DIR:-$BENCH_DIR/out}"
 SUMMARY="$OUT_DIR/summary.tsv"
 
 DURATION="${DURATION:-10}"   # seconds per load run
-CONNS="${CONNS:-64}"         # concurrent connections / clients for every system
+# Concurrent connections / clients: every stage runs each count of
+# CONNS_LIST ("1 4 16 64"), one row per count; CONNS=N overrides the list
+# with one count. CONNS is then the count being run (the loops set it).
+if [[ -n "${CONNS:-}" ]]; then CONNS_LIST="$CONNS"; fi
+CONNS_LIST="${CONNS_LIST:-1 4 16 64}"
+for _c in $CONNS_LIST; do
+  [[ "$_c" =~ ^[1-9][0-9]*$ && "$_c" -le 4096 ]] \
+    || { printf 'CONNS_LIST: %q is not a connection count in [1, 4096]\n' "$_c" >&2; exit 2; }
+done
+[[ -n "${CONNS_LIST// /}" ]] || { echo "CONNS_LIST is empty" >&2; exit 2; }
+CONNS="${CONNS_LIST%% *}"
 RUNS="${RUNS:-3}"            # repetitions per configuration; medians reported
 # Every run is also cut by `timeout` at DURATION + this many seconds.
 RUN_GRACE_S=30
@@ -33,7 +43,7 @@ mint_jwt() {
 
 # Median of the arguments (upper median for an even count); NA when none.
 median() {
-  printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g \
+  printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -g \
     | awk '{a[NR]=$1} END { if (NR==0) {print "NA"} else {print a[int((NR+1)/2)]} }'
 }
 
@@ -106,32 +116,37 @@ with_steal() {
   printf '%s %s\n' "$(cpu_since "$mark")" "$out"
 }
 
-# record SYSTEM CONFIG TOOL DURABLE RPS P50_MS P99_MS RUNS_RPS NOTE
+# Load-tool threads: at most one per connection (wrk refuses -t > -c;
+# pgbench -j must not exceed -c), at most 2 (the box has 2 vCPUs).
+tool_threads() { if ((CONNS < 2)); then echo "$CONNS"; else echo 2; fi; }
+
+# record SYSTEM CONFIG TOOL DURABLE CONNS RPS P50_MS P99_MS RUNS_RPS NOTE
 record() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >> "$SUMMARY"; }
 
 # wrk_once LABEL URL -> "rps p50_ms p99_ms non2xx+sockerr", or "NA NA NA NA"
-# when wrk gave no result line. One wrk run (patch.lua, BENCH_TOKEN);
-# raw output appended to $OUT_DIR/wrk-LABEL.txt.
+# when wrk gave no result line. One wrk run (patch.lua, BENCH_TOKEN, CONNS
+# connections, tool_threads threads);
+# raw output appended to $OUT_DIR/wrk-LABEL-cCONNS.txt.
 wrk_once() {
   local line
-  line="$(timeout $((DURATION + RUN_GRACE_S)) wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency \
-            -s "$BENCH_DIR/patch.lua" "$2" 2>&1 | tee -a "$OUT_DIR/wrk-$1.txt" | grep '^WRKRESULT' || true)"
+  line="$(timeout $((DURATION + RUN_GRACE_S)) wrk -t"$(tool_threads)" -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency \
+            -s "$BENCH_DIR/patch.lua" "$2" 2>&1 | tee -a "$OUT_DIR/wrk-$1-c$CONNS.txt" | grep '^WRKRESULT' || true)"
   [[ -n "$line" ]] || { echo "NA NA NA NA"; return; }
   sed -E 's/.* rps=([0-9.]+).* p50_ms=([0-9.]+) p99_ms=([0-9.]+).* non2xx=([0-9]+) errors=([0-9]+).*/\1 \2 \3 \4+\5/' <<<"$line"
 }
 
-# wrk_series LABEL URL SYSTEM CONFIG DURABLE : records one row from RUNS
-# wrk runs.
+# wrk_series LABEL URL SYSTEM CONFIG DURABLE : records one row (for CONNS)
+# from RUNS wrk runs.
 wrk_series() {
   local label="$1" url="$2" system="$3" config="$4" durable="$5" r st idle x p5 p9 b
   local rps=() p50=() p99=() bad=() steal=()
   for r in $(seq 1 "$RUNS"); do
     read -r st idle x p5 p9 b <<<"$(with_steal wrk_once "$label" "$url")"
-    log "$label run$r: rps=$x p50=${p5}ms p99=${p9}ms non2xx+sockerr=$b host steal ${st}% idle ${idle}%"
+    log "$label c=$CONNS run$r: rps=$x p50=${p5}ms p99=${p9}ms non2xx+sockerr=$b host steal ${st}% idle ${idle}%"
     [[ "$x" != NA ]] || continue
     rps+=("$x"); p50+=("$p5"); p99+=("$p9"); bad+=("$b"); steal+=("$st")
   done
-  record "$system" "$config" "wrk -t2" "$durable" "$(median "${rps[@]:-}")" "$(median "${p50[@]:-}")" \
+  record "$system" "$config" "wrk -t$(tool_threads)" "$durable" "$CONNS" "$(median "${rps[@]:-}")" "$(median "${p50[@]:-}")" \
     "$(median "${p99[@]:-}")" "${rps[*]:-}" "non2xx+sockerr ${bad[*]:-}; host steal % ${steal[*]:-}"
 }
 

@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: the same hot-owner workload (one item/row/key, a
-# random delta in [-1, 1], never below zero, CONNS concurrent clients) against
+# random delta in [-1, 1], never below zero, CONNS concurrent clients, for
+# each CONNS of CONNS_LIST) against
 #   1. CountIQ   `countiq serve --fsync always|never`, driven by `countiq load`
 #                (with its correctness check) and, for fsync=always, by wrk;
 #   2. PostgreSQL pgbench hot-row guarded UPDATE, synchronous_commit on|off;
 #   3. Redis     Lua-guarded delta (EVALSHA), appendfsync always|everysec;
 #   4. axum      the stateless HTTP ceiling, driven by wrk;
-#   5. interleaved: CountIQ always, Redis always and axum started together
-#                and run round-robin, ROUNDS times, for drift-free ratios.
-# Prints one markdown table (also bench/out/table.md); raw output in bench/out/.
+#   5. interleaved: CountIQ always and never, Redis always and axum (and,
+#                with BASELINE_REV, that revision's CountIQ always and never)
+#                started together and run round-robin, per round and per
+#                connection count, ROUNDS times, for drift-free ratios; with
+#                `countiq wal fsync-probe` at its start and end; the issue 19
+#                goals are computed from its rounds.
+# Prints one markdown table and the goals (also bench/out/table.md); raw
+# output in bench/out/.
 #
-# Knobs (environment): DURATION s per run (10), CONNS (64), RUNS per
-# configuration (3, medians reported), ROUNDS of the interleaved stage (5),
-# STAGES ("countiq postgres redis axum interleaved"),
-# PG_ROWS (100000), AXUM_BUILD_DIR (/tmp/countiq-bench-axum-ceiling).
+# Knobs (environment): DURATION s per run (10), CONNS_LIST ("1 4 16 64"),
+# CONNS (one count, overrides CONNS_LIST), RUNS per configuration (3,
+# medians reported), ROUNDS of the interleaved stage (5), STAGES ("countiq
+# postgres redis axum interleaved"), PG_ROWS (100000), AXUM_BUILD_DIR
+# (/tmp/countiq-bench-axum-ceiling), BASELINE_REV (a git revision: built in
+# BASELINE_BUILD_DIR/<commit>, default /tmp/countiq-bench-baseline, and
+# added to the interleaved rounds), PROBE_COUNT (2000 fdatasyncs per probe).
 # Every server is started here on 127.0.0.1 only, in a fresh temp dir, and
 # stopped at exit (by PID); every load run is bounded by -d/-T/-n + timeout.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -22,12 +31,17 @@ source "$(dirname "$0")/lib.sh"
 STAGES="${STAGES:-countiq postgres redis axum interleaved}"
 PG_ROWS="${PG_ROWS:-100000}"
 AXUM_BUILD_DIR="${AXUM_BUILD_DIR:-/tmp/countiq-bench-axum-ceiling}"
+BASELINE_REV="${BASELINE_REV:-}"
+BASELINE_BUILD_DIR="${BASELINE_BUILD_DIR:-/tmp/countiq-bench-baseline}"
+PROBE_COUNT="${PROBE_COUNT:-2000}"
+IL_TSV="$OUT_DIR/interleaved.tsv"   # round conns system rps p50_ms p99_ms bad steal
+PROBE_TSV="$OUT_DIR/fsync-probe.tsv" # when p50_us p99_us max_us
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
 START_QTY=1000000000   # like the peers: deltas in [-1, 1] never reach 0
 READY_TRIES=300        # x 0.1 s: how long a server may take to become ready
 
 mkdir -p "$OUT_DIR"
-rm -f "$OUT_DIR"/*.txt "$OUT_DIR"/*.json "$OUT_DIR"/*.csv "$OUT_DIR"/*.log "$SUMMARY"
+rm -f "$OUT_DIR"/*.txt "$OUT_DIR"/*.json "$OUT_DIR"/*.csv "$OUT_DIR"/*.log "$OUT_DIR"/*.tsv "$SUMMARY"
 WORK="$(mktemp -d /tmp/countiq-bench.XXXXXX)"
 chmod 755 "$WORK"   # the postgres user must reach its data dir below
 trap 'rm -rf "$WORK"' EXIT
@@ -45,17 +59,19 @@ wait_ready() {
 
 countiq_pending() {
   local why="$1"
-  record CountIQ "fsync=always" "countiq load" yes pending NA NA "" "$why"
-  record CountIQ "fsync=always" "wrk -t2" yes pending NA NA "" "$why"
-  record CountIQ "fsync=never" "countiq load" no pending NA NA "" "$why"
+  for CONNS in $CONNS_LIST; do
+    record CountIQ "fsync=always" "countiq load" yes "$CONNS" pending NA NA "" "$why"
+    record CountIQ "fsync=always" "wrk -t$(tool_threads)" yes "$CONNS" pending NA NA "" "$why"
+    record CountIQ "fsync=never" "countiq load" no "$CONNS" pending NA NA "" "$why"
+  done
 }
 
-# countiq_load_series FSYNC PORT : RUNS runs of our generator, one row.
+# countiq_load_series FSYNC PORT : RUNS runs of our generator at CONNS, one row.
 countiq_load_series() {
   local fsync="$1" port="$2" r json rc
   local rps=() p50=() p99=() checks=() steal=() mark st idle
   for r in $(seq 1 "$RUNS"); do
-    json="$OUT_DIR/countiq-load-fsync$fsync-r$r.json"
+    json="$OUT_DIR/countiq-load-fsync$fsync-c$CONNS-r$r.json"
     rc=0
     mark="$(cpu_mark)"
     timeout $((DURATION + RUN_GRACE_S)) "${LOAD_CMD[@]}" --url "http://127.0.0.1:$port" --scenario hot-owner \
@@ -63,27 +79,34 @@ countiq_load_series() {
     read -r st idle <<<"$(cpu_since "$mark")"   # not with_steal: the run must set rc here
     steal+=("$st")
     if ! jq -e .requests_per_s "$json" >/dev/null 2>&1; then
-      log "countiq load fsync=$fsync run$r: no report (exit $rc), see ${json%.json}.err"
+      log "countiq load fsync=$fsync c=$CONNS run$r: no report (exit $rc), see ${json%.json}.err"
       checks+=("error"); continue
     fi
     rps+=("$(jq -r '.requests_per_s' "$json")")
     p50+=("$(jq -r '.latency_us.p50 / 1000' "$json")")
     p99+=("$(jq -r '.latency_us.p99 / 1000' "$json")")
     checks+=("$(jq -r 'if .check.passed then "pass" else "FAIL" end' "$json")")
-    log "countiq load fsync=$fsync run$r: rps=${rps[-1]} p50=${p50[-1]}ms p99=${p99[-1]}ms check=${checks[-1]} host steal ${st}% idle ${idle}%"
+    log "countiq load fsync=$fsync c=$CONNS run$r: rps=${rps[-1]} p50=${p50[-1]}ms p99=${p99[-1]}ms check=${checks[-1]} host steal ${st}% idle ${idle}%"
   done
   local durable=no; [[ "$fsync" == always ]] && durable=yes
-  record CountIQ "fsync=$fsync" "countiq load" "$durable" "$(median "${rps[@]:-}")" "$(median "${p50[@]:-}")" \
+  record CountIQ "fsync=$fsync" "countiq load" "$durable" "$CONNS" "$(median "${rps[@]:-}")" "$(median "${p50[@]:-}")" \
     "$(median "${p99[@]:-}")" "${rps[*]:-}" "check ${checks[*]}; host steal % ${steal[*]:-}"
 }
 
-# countiq_wrk PORT : one item created over the API, then wrk PATCHes it.
+# create_item PORT TOKEN NAME : POST one item over the API, print its id.
+create_item() {
+  local id
+  id="$(curl -fsS -X POST -H "Authorization: Bearer $2" -H 'Content-Type: application/json' \
+        -d "{\"name\":\"$3\",\"qty\":$START_QTY}" "http://127.0.0.1:$1/items" | jq -r .id)"
+  [[ -n "$id" && "$id" != null ]] || { log "countiq on port $1: could not create item $3"; return 1; }
+  echo "$id"
+}
+
+# countiq_wrk PORT : one item created over the API, then wrk PATCHes it (CONNS).
 countiq_wrk() {
   local port="$1" token id
   token="$(mint_jwt bench-wrk "$COUNTIQ_JWT_SECRET")"
-  id="$(curl -fsS -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-        -d "{\"name\":\"wrk-hot\",\"qty\":$START_QTY}" "http://127.0.0.1:$port/items" | jq -r .id)"
-  [[ -n "$id" && "$id" != null ]] || { log "countiq: could not create the wrk item"; return 1; }
+  id="$(create_item "$port" "$token" "wrk-hot-c$CONNS")"
   BENCH_TOKEN="$token" wrk_series countiq-wrk "http://127.0.0.1:$port/items/$id/qty" CountIQ "fsync=always" yes
 }
 
@@ -110,8 +133,10 @@ stage_countiq() {
     STARTED_PIDS+=("$pid")
     wait_ready "$port"
     log "countiq serve --fsync $fsync up on 127.0.0.1:$port (pid $pid)"
-    countiq_load_series "$fsync" "$port"
-    [[ "$fsync" == always ]] && countiq_wrk "$port"
+    for CONNS in $CONNS_LIST; do
+      countiq_load_series "$fsync" "$port"
+      if [[ "$fsync" == always ]]; then countiq_wrk "$port"; fi
+    done
     stop_pid "$pid"
   done
 }
@@ -171,7 +196,7 @@ pgbench_once() {
   rm -rf "$logdir"; mkdir -p "$logdir"
   psql -q -c "VACUUM items" -c "CHECKPOINT" >/dev/null
   out="$(cd "$logdir" && PGOPTIONS="-c synchronous_commit=$sc" timeout $((DURATION + RUN_GRACE_S)) \
-    pgbench -n -M prepared -c "$CONNS" -j 2 -T "$DURATION" -f "$WORK/pg/hot.sql" -l --log-prefix=tx 2>&1)"
+    pgbench -n -M prepared -c "$CONNS" -j "$(tool_threads)" -T "$DURATION" -f "$WORK/pg/hot.sql" -l --log-prefix=tx 2>&1)"
   printf '%s\n' "$out" >"$OUT_DIR/pg-$tag.txt"
   tps="$(sed -nE 's/^tps = ([0-9.]+) .*without initial connection time.*/\1/p' <<<"$out")"
   failed="$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' <<<"$out")"
@@ -194,15 +219,17 @@ stage_postgres() {
   cp "$WORK/pg/hot.sql" "$OUT_DIR/pg-hot.sql"
   local sc r t p5 p9 f durable
   for sc in on off; do
-    local tps=() p50=() p99=() fails=() steal=() st idle
-    for r in $(seq 1 "$RUNS"); do
-      read -r st idle t p5 p9 f <<<"$(with_steal pgbench_once "$sc" "sc$sc-r$r")"
-      log "pg synchronous_commit=$sc run$r: tps=$t p50=${p5}ms p99=${p9}ms failed=$f host steal ${st}% idle ${idle}%"
-      tps+=("$t"); p50+=("$p5"); p99+=("$p9"); fails+=("$f"); steal+=("$st")
+    for CONNS in $CONNS_LIST; do
+      local tps=() p50=() p99=() fails=() steal=() st idle
+      for r in $(seq 1 "$RUNS"); do
+        read -r st idle t p5 p9 f <<<"$(with_steal pgbench_once "$sc" "sc$sc-c$CONNS-r$r")"
+        log "pg synchronous_commit=$sc c=$CONNS run$r: tps=$t p50=${p5}ms p99=${p9}ms failed=$f host steal ${st}% idle ${idle}%"
+        tps+=("$t"); p50+=("$p5"); p99+=("$p9"); fails+=("$f"); steal+=("$st")
+      done
+      durable=yes; [[ "$sc" == off ]] && durable=no
+      record PostgreSQL "synchronous_commit=$sc" "pgbench -M prepared -j$(tool_threads)" "$durable" "$CONNS" "$(median "${tps[@]}")" \
+        "$(median "${p50[@]}")" "$(median "${p99[@]}")" "${tps[*]}" "failed ${fails[*]}; host steal % (incl. VACUUM+CHECKPOINT) ${steal[*]}"
     done
-    durable=yes; [[ "$sc" == off ]] && durable=no
-    record PostgreSQL "synchronous_commit=$sc" "pgbench -M prepared -j2" "$durable" "$(median "${tps[@]}")" \
-      "$(median "${p50[@]}")" "$(median "${p99[@]}")" "${tps[*]}" "failed ${fails[*]}; host steal % (incl. VACUUM+CHECKPOINT) ${steal[*]}"
   done
   psql -Atc "SELECT qty FROM items WHERE id = md5('1')::uuid" | sed 's/^/postgres final hot qty: /' >&2
   pg_stop
@@ -227,9 +254,17 @@ redis_once() {
   awk -F'","' 'NR==2 { print $2, $5, $7 }' <<<"$out"
 }
 
+# redis_calibrate PORT SHA -> N: requests for one run of about DURATION
+# seconds at CONNS (the rate of a short warm-up × DURATION, at least 5000).
+redis_calibrate() {
+  local rps0
+  read -r rps0 _ <<<"$(redis_once "$1" 20000 "$2")"
+  awk -v r="${rps0:-1000}" -v d="$DURATION" 'BEGIN { n = int(r * d); if (n < 5000) n = 5000; print n }'
+}
+
 stage_redis() {
   command -v redis-server >/dev/null || { log "SKIP redis: not installed (run bench/setup.sh)"; return 0; }
-  local fsync port pid sha rps0 n r a p5 p9 durable
+  local fsync port pid sha n r a p5 p9 durable
   for fsync in always everysec; do
     port="$(free_port)"
     rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
@@ -252,18 +287,18 @@ CONF
     redis-cli -h 127.0.0.1 -p "$port" SET item:hot "$START_QTY" >/dev/null
     sha="$(redis-cli -h 127.0.0.1 -p "$port" SCRIPT LOAD "$REDIS_LUA")"
     log "redis $(redis-server --version | awk '{print $3}' | sed 's/^v=//') up on 127.0.0.1:$port, appendfsync=$fsync"
-    # Calibrate -n so one run lasts about DURATION seconds.
-    read -r rps0 _ <<<"$(redis_once "$port" 20000 "$sha")"
-    n="$(awk -v r="${rps0:-1000}" -v d="$DURATION" 'BEGIN { n = int(r * d); if (n < 5000) n = 5000; print n }')"
-    local rps=() p50=() p99=() steal=() st idle
-    for r in $(seq 1 "$RUNS"); do
-      read -r st idle a p5 p9 <<<"$(with_steal redis_once "$port" "$n" "$sha")"
-      log "redis appendfsync=$fsync n=$n run$r: rps=$a p50=${p5}ms p99=${p9}ms host steal ${st}% idle ${idle}%"
-      rps+=("$a"); p50+=("$p5"); p99+=("$p9"); steal+=("$st")
+    for CONNS in $CONNS_LIST; do
+      n="$(redis_calibrate "$port" "$sha")"
+      local rps=() p50=() p99=() steal=() st idle
+      for r in $(seq 1 "$RUNS"); do
+        read -r st idle a p5 p9 <<<"$(with_steal redis_once "$port" "$n" "$sha")"
+        log "redis appendfsync=$fsync c=$CONNS n=$n run$r: rps=$a p50=${p5}ms p99=${p9}ms host steal ${st}% idle ${idle}%"
+        rps+=("$a"); p50+=("$p5"); p99+=("$p9"); steal+=("$st")
+      done
+      durable=yes; [[ "$fsync" == everysec ]] && durable=no
+      record Redis "appendfsync=$fsync" "redis-benchmark -P1" "$durable" "$CONNS" "$(median "${rps[@]}")" \
+        "$(median "${p50[@]}")" "$(median "${p99[@]}")" "${rps[*]}" "EVALSHA guarded delta, n=$n; host steal % ${steal[*]}"
     done
-    durable=yes; [[ "$fsync" == everysec ]] && durable=no
-    record Redis "appendfsync=$fsync" "redis-benchmark -P1" "$durable" "$(median "${rps[@]}")" \
-      "$(median "${p50[@]}")" "$(median "${p99[@]}")" "${rps[*]}" "EVALSHA guarded delta, n=$n; host steal % ${steal[*]}"
     redis-cli -h 127.0.0.1 -p "$port" GET item:hot | sed 's/^/redis final item:hot: /' >&2
     stop_pid "$pid"
   done
@@ -296,32 +331,132 @@ stage_axum() {
   url="http://127.0.0.1:$port/items/c4ca4238-a0b9-2382-0dcc-509a6f75849b/qty"
   curl -fsS -X PATCH -H 'Content-Type: application/json' -d '{"delta":-1}' "$url" | grep -q '"ok":true'
   # A (never checked) token of the same shape: same request bytes as CountIQ's wrk run.
-  BENCH_TOKEN="$(mint_jwt bench-wrk "$(openssl rand -hex 32)")" wrk_series axum-ceiling "$url" "axum ceiling" "stateless, no I/O" n/a
+  local token
+  token="$(mint_jwt bench-wrk "$(openssl rand -hex 32)")"
+  for CONNS in $CONNS_LIST; do
+    BENCH_TOKEN="$token" wrk_series axum-ceiling "$url" "axum ceiling" "stateless, no I/O" n/a
+  done
   stop_pid "$pid"
 }
 
 # ------------------------------------------------------------ interleaved --
 
 # This box's speed drifts by ±15% within minutes (a shared host), so stages
-# run minutes apart can skew a ratio. This stage starts the three HTTP/RESP
-# rivals of the hot-owner goals at once (CountIQ fsync=always, Redis
-# appendfsync=always, the axum ceiling) and runs them round-robin, ROUNDS
-# times (5), one run each per round; the ratios are per round (runs seconds
-# apart), then the median over rounds.
+# run minutes apart can skew a ratio. This stage starts the rivals of the
+# issue 19 goals at once (CountIQ fsync=always and fsync=never, Redis
+# appendfsync=always, the axum ceiling, and with BASELINE_REV that
+# revision's CountIQ always and never) and runs them round-robin: per round,
+# per connection count of CONNS_LIST, one run each (CountIQ and axum with
+# wrk, Redis with redis-benchmark), ROUNDS times (5). Every run is one line
+# of $IL_TSV; ratios are per round (runs seconds apart), then the median
+# over rounds. `countiq wal fsync-probe` runs in the CountIQ data
+# directory's file system at the start and the end of the stage.
+
+# il_add ROUND SYSTEM RPS P50_MS P99_MS BAD STEAL : one run at CONNS.
+il_add() {
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$CONNS" "$2" "$3" "$4" "$5" "$6" "$7" >>"$IL_TSV"
+}
+
+# il_wrk ROUND SYSTEM TOKEN URL : one wrk run at CONNS, into $IL_TSV.
+il_wrk() {
+  local st idle x p5 p9 b
+  read -r st idle x p5 p9 b <<<"$(BENCH_TOKEN="$3" with_steal wrk_once "il-$2" "$4")"
+  il_add "$1" "$2" "$x" "$p5" "$p9" "$b" "$st"
+}
+
+# il_col CONNS SYSTEM FIELD : that field (4 rps, 5 p50, 6 p99, 7 bad, 8
+# steal) of each round, in round order, space-separated.
+il_col() {
+  [[ -f "$IL_TSV" ]] || return 0
+  awk -F'\t' -v c="$1" -v s="$2" -v f="$3" \
+    '$2 == c && $3 == s { printf "%s%s", sep, $f; sep = " " } END { print "" }' "$IL_TSV"
+}
+
+# il_ratio CONNS SYSTEM_A SYSTEM_B [FIELD] : per round, A's FIELD (4, req/s)
+# ÷ B's; NA for a round where either is missing.
+il_ratio() {
+  [[ -f "$IL_TSV" ]] || return 0
+  awk -F'\t' -v c="$1" -v a="$2" -v b="$3" -v f="${4:-4}" '
+    $2 == c && $3 == a { x[$1] = $f; if ($1 > n) n = $1 }
+    $2 == c && $3 == b { y[$1] = $f; if ($1 > n) n = $1 }
+    END {
+      for (r = 1; r <= n; r++) {
+        v = (x[r] ~ /^[0-9.]+$/ && y[r] ~ /^[0-9.]+$/ && y[r] > 0) ? sprintf("%.3f", x[r] / y[r]) : "NA"
+        printf "%s%s", (r > 1 ? " " : ""), v
+      }
+      print ""
+    }' "$IL_TSV"
+}
+
+# probe_run BIN DIR WHEN : `countiq wal fsync-probe` in DIR, one line of
+# $PROBE_TSV ("WHEN p50_us p99_us max_us", NA when it failed).
+probe_run() {
+  local json="$OUT_DIR/fsync-probe-$3.json" line
+  if "$1" wal fsync-probe --dir "$2" --count "$PROBE_COUNT" --json >"$json" 2>"${json%.json}.err"; then
+    line="$(jq -r '"\(.p50_us) \(.p99_us) \(.max_us)"' "$json")"
+  else
+    log "fsync-probe ($3) failed, see ${json%.json}.err"; line="NA NA NA"
+  fi
+  log "fsync-probe ($3) in $2: p50/p99/max µs $line"
+  printf '%s %s\n' "$3" "$line" >>"$PROBE_TSV"
+}
+
+# build_baseline : BASELINE_REV's CountIQ, exported with `git archive` into
+# BASELINE_BUILD_DIR/<commit>/src and built there with its own target
+# (seeded from this repository's release build, which is only read);
+# sets BASELINE_BIN. Kept between runs as a cache.
+build_baseline() {
+  local sha dir
+  [[ "$BASELINE_BUILD_DIR" == /tmp/* ]] || { log "BASELINE_BUILD_DIR must be under /tmp"; return 1; }
+  sha="$(git -C "$REPO_DIR" rev-parse --verify "$BASELINE_REV^{commit}")" \
+    || { log "BASELINE_REV=$BASELINE_REV is not a commit"; return 1; }
+  dir="$BASELINE_BUILD_DIR/$sha"
+  BASELINE_BIN="$dir/target/release/countiq"
+  if [[ ! -x "$BASELINE_BIN" ]]; then
+    rm -rf "$dir/src"; mkdir -p "$dir/src" "$dir/target"
+    git -C "$REPO_DIR" archive "$sha" | tar -x -C "$dir/src"
+    if [[ ! -d "$dir/target/release" && -d "$CARGO_TARGET_DIR/release" ]]; then
+      cp -a "$CARGO_TARGET_DIR/release" "$dir/target/"
+      rm -rf "$dir/target/release/incremental"
+    fi
+    log "cargo build --release (countiq $BASELINE_REV = ${sha:0:12}) in $dir"
+    (cd "$dir/src" && CARGO_TARGET_DIR="$dir/target" cargo build --release --locked -q --bin countiq)
+  fi
+  "$BASELINE_BIN" serve --help 2>&1 | grep -q -- '--fsync' \
+    || { log "baseline $BASELINE_REV has no 'serve --fsync'"; return 1; }
+}
+
+# il_countiq BIN FSYNC NAME : start a CountIQ server for the stage; sets
+# SRV_PORT and SRV_ITEM (one item created over the API).
+il_countiq() {
+  local pid
+  SRV_PORT="$(free_port)"
+  "$1" serve --addr "127.0.0.1:$SRV_PORT" --data-dir "$WORK/countiq-il-$3/data" --fsync "$2" \
+    >"$OUT_DIR/countiq-server-interleaved-$3.log" 2>&1 &
+  pid=$!; STARTED_PIDS+=("$pid")
+  wait_ready "$SRV_PORT"
+  SRV_ITEM="$(create_item "$SRV_PORT" "$IL_TOKEN" wrk-hot)"
+  log "countiq ($3) --fsync $2 up on 127.0.0.1:$SRV_PORT (pid $pid)"
+}
+
 stage_interleaved() {
-  local rounds="${ROUNDS:-5}" bin cport cpid token id rport rpid sha n rps0 aport apid aurl r
+  local rounds="${ROUNDS:-5}" bin rport rpid sha aport apid aurl atoken r
   build_countiq_axum
   bin="$CARGO_TARGET_DIR/release/countiq"
-  cport="$(free_port)"
+  if [[ -n "$BASELINE_REV" ]]; then build_baseline; fi
   COUNTIQ_JWT_SECRET="$(openssl rand -hex 32)"
   export COUNTIQ_JWT_SECRET
-  "$bin" serve --addr "127.0.0.1:$cport" --data-dir "$WORK/countiq-il/data" --fsync always \
-    >"$OUT_DIR/countiq-server-interleaved.log" 2>&1 &
-  cpid=$!; STARTED_PIDS+=("$cpid")
-  wait_ready "$cport"
-  token="$(mint_jwt bench-wrk "$COUNTIQ_JWT_SECRET")"
-  id="$(curl -fsS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-        -d "{\"name\":\"wrk-hot\",\"qty\":$START_QTY}" "http://127.0.0.1:$cport/items" | jq -r .id)"
+  IL_TOKEN="$(mint_jwt bench-wrk "$COUNTIQ_JWT_SECRET")"
+  # system label -> "port item"
+  declare -A srv
+  il_countiq "$bin" always always; srv[countiq-always]="$SRV_PORT $SRV_ITEM"
+  il_countiq "$bin" never never; srv[countiq-never]="$SRV_PORT $SRV_ITEM"
+  local systems=(countiq-always countiq-never)
+  if [[ -n "$BASELINE_REV" ]]; then
+    il_countiq "$BASELINE_BIN" always baseline-always; srv[baseline-always]="$SRV_PORT $SRV_ITEM"
+    il_countiq "$BASELINE_BIN" never baseline-never; srv[baseline-never]="$SRV_PORT $SRV_ITEM"
+    systems+=(baseline-always baseline-never)
+  fi
 
   rport="$(free_port)"
   rm -rf "$WORK/redis-il"; mkdir -p "$WORK/redis-il"
@@ -333,55 +468,155 @@ stage_interleaved() {
   wait_port "$rport"
   redis-cli -h 127.0.0.1 -p "$rport" SET item:hot "$START_QTY" >/dev/null
   sha="$(redis-cli -h 127.0.0.1 -p "$rport" SCRIPT LOAD "$REDIS_LUA")"
-  read -r rps0 _ <<<"$(redis_once "$rport" 20000 "$sha")"
-  n="$(awk -v r="${rps0:-1000}" -v d="$DURATION" 'BEGIN { n = int(r * d); if (n < 5000) n = 5000; print n }')"
+  declare -A rn   # CONNS -> redis-benchmark -n
+  for CONNS in $CONNS_LIST; do rn[$CONNS]="$(redis_calibrate "$rport" "$sha")"; done
 
   aport="$(free_port)"
   "$AXUM_BUILD_DIR/target/release/axum-ceiling" "127.0.0.1:$aport" 2>"$OUT_DIR/axum-server-interleaved.log" &
   apid=$!; STARTED_PIDS+=("$apid")
   wait_port "$aport"
   aurl="http://127.0.0.1:$aport/items/c4ca4238-a0b9-2382-0dcc-509a6f75849b/qty"
-  local atoken
   atoken="$(mint_jwt bench-wrk "$(openssl rand -hex 32)")"
 
-  local c=() rd=() ax=() cr=() ar=() cp50=() rp50=() ap50=() cp99=() rp99=() ap99=() x p5 p9 b
-  local cs=() rs=() as=() cb=() ab=() st idle
+  probe_run "$bin" "$WORK/countiq-il-always/data" start
+  local s port item st idle x p5 p9
   for r in $(seq 1 "$rounds"); do
-    read -r st idle x p5 p9 b <<<"$(BENCH_TOKEN="$token" with_steal wrk_once countiq-il "http://127.0.0.1:$cport/items/$id/qty")"
-    c+=("$x"); cp50+=("$p5"); cp99+=("$p9"); cb+=("$b"); cs+=("$st")
-    read -r st idle x p5 p9 <<<"$(with_steal redis_once "$rport" "$n" "$sha")"
-    rd+=("$x"); rp50+=("$p5"); rp99+=("$p9"); rs+=("$st")
-    read -r st idle x p5 p9 b <<<"$(BENCH_TOKEN="$atoken" with_steal wrk_once axum-il "$aurl")"
-    ax+=("$x"); ap50+=("$p5"); ap99+=("$p9"); ab+=("$b"); as+=("$st")
-    cr+=("$(awk -v a="${c[-1]}" -v b="${rd[-1]}" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')")
-    ar+=("$(awk -v a="${c[-1]}" -v b="${ax[-1]}" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')")
-    log "interleaved round $r: CountIQ ${c[-1]} (p99 ${cp99[-1]} ms), Redis always ${rd[-1]}, axum ${ax[-1]}; CountIQ/Redis ${cr[-1]}, CountIQ/axum ${ar[-1]}; host steal % ${cs[-1]}/${rs[-1]}/${as[-1]}"
+    for CONNS in $CONNS_LIST; do
+      for s in "${systems[@]}"; do
+        read -r port item <<<"${srv[$s]}"
+        il_wrk "$r" "$s" "$IL_TOKEN" "http://127.0.0.1:$port/items/$item/qty"
+      done
+      read -r st idle x p5 p9 <<<"$(with_steal redis_once "$rport" "${rn[$CONNS]}" "$sha")"
+      il_add "$r" redis-always "${x:-NA}" "${p5:-NA}" "${p9:-NA}" "" "$st"
+      il_wrk "$r" axum "$atoken" "$aurl"
+      log "interleaved round $r c=$CONNS: req/s $(awk -F'\t' -v r="$r" -v c="$CONNS" \
+        '$1 == r && $2 == c { printf "%s %s; ", $3, $4 }' "$IL_TSV")"
+    done
   done
-  record "interleaved" "CountIQ fsync=always" "wrk -t2" yes "$(median "${c[@]}")" "$(median "${cp50[@]}")" "$(median "${cp99[@]}")" "${c[*]}" \
-    "per-round ÷ Redis always: ${cr[*]} (median $(median "${cr[@]}")); ÷ axum: ${ar[*]} (median $(median "${ar[@]}")); non2xx+sockerr ${cb[*]}; host steal % ${cs[*]}"
-  record "interleaved" "Redis appendfsync=always" "redis-benchmark -P1" yes "$(median "${rd[@]}")" "$(median "${rp50[@]}")" "$(median "${rp99[@]}")" "${rd[*]}" "n=$n; host steal % ${rs[*]}"
-  record "interleaved" "axum ceiling" "wrk -t2" n/a "$(median "${ax[@]}")" "$(median "${ap50[@]}")" "$(median "${ap99[@]}")" "${ax[*]}" "non2xx+sockerr ${ab[*]}; host steal % ${as[*]}"
-  curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$cport/items/$id" | jq -c '{qty, version}' \
-    | sed 's/^/countiq interleaved final item: /' >&2
-  stop_pid "$cpid"; stop_pid "$rpid"; stop_pid "$apid"
+  probe_run "$bin" "$WORK/countiq-il-always/data" end
+
+  local label runs tool durable note
+  for CONNS in $CONNS_LIST; do
+    for s in "${systems[@]}" redis-always axum; do
+      case "$s" in
+        countiq-always) label="CountIQ fsync=always"; durable=yes ;;
+        countiq-never) label="CountIQ fsync=never"; durable=no ;;
+        baseline-always) label="CountIQ $BASELINE_REV fsync=always"; durable=yes ;;
+        baseline-never) label="CountIQ $BASELINE_REV fsync=never"; durable=no ;;
+        redis-always) label="Redis appendfsync=always"; durable=yes ;;
+        axum) label="axum ceiling"; durable=n/a ;;
+      esac
+      tool="wrk -t$(tool_threads)"; [[ "$s" == redis-always ]] && tool="redis-benchmark -P1"
+      runs="$(il_col "$CONNS" "$s" 4)"
+      note="host steal % $(il_col "$CONNS" "$s" 8)"
+      case "$s" in
+        countiq-*|baseline-*|axum) note="non2xx+sockerr $(il_col "$CONNS" "$s" 7); $note" ;;
+        redis-always) note="n=${rn[$CONNS]}; $note" ;;
+      esac
+      if [[ "$s" == countiq-always || "$s" == baseline-always ]]; then
+        x="$(il_ratio "$CONNS" "$s" redis-always)"
+        # shellcheck disable=SC2086
+        note="per-round ÷ Redis always: $x (median $(median $x)); $note"
+      fi
+      if [[ "$s" == countiq-* || "$s" == baseline-* ]]; then
+        x="$(il_ratio "$CONNS" "$s" axum)"
+        # shellcheck disable=SC2086
+        note="per-round ÷ axum: $x (median $(median $x)); $note"
+      fi
+      # Word splitting of the per-round values is intended.
+      # shellcheck disable=SC2046
+      record "interleaved" "$label" "$tool" "$durable" "$CONNS" "$(median $(il_col "$CONNS" "$s" 4))" \
+        "$(median $(il_col "$CONNS" "$s" 5))" "$(median $(il_col "$CONNS" "$s" 6))" "$runs" "$note"
+    done
+  done
+  # probe_mean FIELD : the mean of the start and end probes' FIELD (2 p50,
+  # 3 p99) in ms, NA unless both are numbers.
+  probe_mean() {
+    awk -v f="$1" '$f ~ /^[0-9.]+$/ { s += $f; n++ } END { if (n == 2) printf "%.3f", s / 2000; else print "NA" }' "$PROBE_TSV"
+  }
+  record "interleaved" "fsync-probe, start and end" "countiq wal fsync-probe" yes 1 NA "$(probe_mean 2)" "$(probe_mean 3)" "" \
+    "p50/p99 µs at the start $(awk '$1 == "start" { print $2 "/" $3 }' "$PROBE_TSV"), at the end $(awk '$1 == "end" { print $2 "/" $3 }' "$PROBE_TSV") (the columns: their means); $PROBE_COUNT × (append one framed PATCH record + fdatasync) in the CountIQ always data dir"
+  for s in "${systems[@]}"; do
+    read -r port item <<<"${srv[$s]}"
+    curl -fsS -H "Authorization: Bearer $IL_TOKEN" "http://127.0.0.1:$port/items/$item" | jq -c '{qty, version}' \
+      | sed "s/^/countiq interleaved ($s) final item: /" >&2
+  done
+  kill_started
+}
+
+# ------------------------------------------------------------------ goals --
+
+# goal_line TEXT VALUES RULE THRESHOLD : one row of the goals table from
+# per-round VALUES. RULE: "median>=" (the median of the rounds), "worst>="
+# (every round: the lowest), "median<=" (the median; worst = the highest).
+goal_line() {
+  local text="$1" values="$2" rule="$3" th="$4" med worst verdict
+  # Word splitting of the per-round values is intended.
+  # shellcheck disable=SC2086
+  med="$(median $values)"
+  # shellcheck disable=SC2086
+  case "$rule" in
+    *">=") worst="$(printf '%s\n' $values | { grep -E '^[0-9.]+$' || true; } | sort -g | head -1)" ;;
+    *) worst="$(printf '%s\n' $values | { grep -E '^[0-9.]+$' || true; } | sort -g | tail -1)" ;;
+  esac
+  worst="${worst:-NA}"
+  local v="$med"; [[ "$rule" == worst* ]] && v="$worst"
+  if [[ "$v" == NA ]]; then verdict="not measured"
+  elif awk -v v="$v" -v t="$th" -v r="$rule" 'BEGIN { exit !((r ~ />=$/) ? v >= t : v <= t) }'; then verdict="pass"
+  else verdict="FAIL"; fi
+  printf '| %s | %s | %s | %s | %s (%s %s) |\n' "$text" "$med" "$worst" "${values:-none}" "$verdict" "${rule%??}" "${rule: -2} $th"
+}
+
+# in_list N : whether CONNS_LIST has N.
+in_list() { [[ " $CONNS_LIST " == *" $1 "* ]]; }
+
+render_goals() {
+  [[ -s "$IL_TSV" ]] || return 0
+  local probe p50s
+  probe="$(awk '$2 ~ /^[0-9.]+$/ { s += $2; n++ } END { if (n == 2) printf "%.1f", s / n; else print "NA" }' "$PROBE_TSV" 2>/dev/null || echo NA)"
+  echo
+  echo "### Goals (issue 19), from the interleaved rounds"
+  echo
+  echo "Per-round ratios (runs seconds apart), their median and the worst round; the fsync-probe p50 is the mean of the stage's start and end probes ($probe µs)."
+  echo
+  echo "| goal | median | worst round | per round | verdict (rule) |"
+  echo "|---|---:|---:|---|---|"
+  if in_list 1; then
+    goal_line "1 connection, durable: CountIQ always ÷ Redis always (req/s)" "$(il_ratio 1 countiq-always redis-always)" "median>=" 1
+    p50s="$(il_col 1 countiq-always 5 | awk -v p="$probe" '{ for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? " " : ""), ($i ~ /^[0-9.]+$/ && p ~ /^[0-9.]+$/ && p > 0) ? sprintf("%.3f", $i * 1000 / p) : "NA"; print "" }')"
+    goal_line "1 connection, durable: CountIQ always p50 ÷ fsync-probe p50" "$p50s" "median<=" 1.3
+  else
+    echo "| 1 connection goals | | | | not measured: 1 is not in CONNS_LIST |"
+  fi
+  if in_list 64; then
+    goal_line "64 connections, durable: CountIQ always ÷ Redis always (req/s), every round" "$(il_ratio 64 countiq-always redis-always)" "worst>=" 1.2
+    if [[ -n "$BASELINE_REV" ]]; then
+      goal_line "64 connections, durable: CountIQ always ÷ CountIQ $BASELINE_REV always (req/s)" "$(il_ratio 64 countiq-always baseline-always)" "median>=" 1
+    fi
+    goal_line "--fsync never, 64 connections: CountIQ never ÷ axum ceiling (req/s)" "$(il_ratio 64 countiq-never axum)" "median>=" 0.8
+  else
+    echo "| 64 connection goals | | | | not measured: 64 is not in CONNS_LIST |"
+  fi
 }
 
 # ------------------------------------------------------------------ table --
 
+# The ratio columns divide the CountIQ always row of the countiq stage with
+# the same connection count (countiq load, wrk) by the row's req/s.
 render_table() {
   awk -F'\t' '
     function ratio(ref, x) { return (ref ~ /^[0-9.]+$/ && x ~ /^[0-9.]+$/ && x > 0) ? sprintf("%.2f", ref / x) : "pending" }
     function num(x, f) { return (x ~ /^[0-9.]+$/) ? sprintf(f, x) : x }
     { row[NR] = $0 }
-    $1 == "CountIQ" && $2 == "fsync=always" && $3 == "countiq load" { ref_load = $5 }
-    $1 == "CountIQ" && $2 == "fsync=always" && $3 == "wrk -t2" { ref_wrk = $5 }
+    $1 == "CountIQ" && $2 == "fsync=always" && $3 == "countiq load" { ref_load[$5] = $6 }
+    $1 == "CountIQ" && $2 == "fsync=always" && $3 ~ /^wrk / { ref_wrk[$5] = $6 }
     END {
-      print "| system | config | load tool | durable | req/s | p50 ms | p99 ms | CountIQ always (countiq load) ÷ row | CountIQ always (wrk) ÷ row | runs (req/s) | note |"
-      print "|---|---|---|---|---:|---:|---:|---:|---:|---|---|"
+      print "| system | config | load tool | durable | conns | req/s | p50 ms | p99 ms | CountIQ always (countiq load) ÷ row | CountIQ always (wrk) ÷ row | runs (req/s) | note |"
+      print "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"
       for (i = 1; i <= NR; i++) {
         split(row[i], f, "\t")
-        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4],
-          num(f[5], "%.0f"), num(f[6], "%.3f"), num(f[7], "%.3f"), ratio(ref_load, f[5]), ratio(ref_wrk, f[5]), f[8], f[9]
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], f[5],
+          num(f[6], "%.0f"), num(f[7], "%.3f"), num(f[8], "%.3f"), ratio(ref_load[f[5]], f[6]), ratio(ref_wrk[f[5]], f[6]), f[9], f[10]
       }
     }' "$SUMMARY"
 }
@@ -397,7 +632,7 @@ machine_facts() {
     # The host's share, over the whole invocation (each row's note has its runs').
     read -r st idle <<<"$(cpu_since "$START_MARK")"
     echo "CPU time taken by the host (steal) over the whole run: ${st}%; idle (incl. iowait): ${idle}%"
-    echo "knobs: DURATION=$DURATION CONNS=$CONNS RUNS=$RUNS STAGES=\"$STAGES\""
+    echo "knobs: DURATION=$DURATION CONNS_LIST=\"$CONNS_LIST\" RUNS=$RUNS ROUNDS=${ROUNDS:-5} STAGES=\"$STAGES\" BASELINE_REV=\"$BASELINE_REV\""
   } | tee "$OUT_DIR/machine.txt"
 }
 
@@ -425,5 +660,5 @@ done
 echo
 machine_facts
 echo
-render_table | tee "$OUT_DIR/table.md"
+{ render_table; render_goals; } | tee "$OUT_DIR/table.md"
 if ((${#FAILED[@]})); then log "failed stages: ${FAILED[*]}"; exit 1; fi

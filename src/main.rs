@@ -19,6 +19,7 @@ use countiq::cluster::{nginx_config, Cluster, ProxyOptions, OWNER_JS};
 use countiq::domain::OwnerId;
 use countiq::node::NodeConfig;
 use countiq::server::{serve_with, shutdown_signal, ServeConfig, Stopped};
+use countiq::storage::fsync_probe;
 use countiq::storage::wal::FsyncPolicy;
 
 /// mimalloc instead of glibc malloc: a request allocates a few dozen small
@@ -75,6 +76,28 @@ enum WalCommand {
         #[arg(long, env = "COUNTIQ_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
+    /// Measure this disk's append + fdatasync latency as the WAL sees it: a
+    /// file prepared like a `--fsync always` segment (64 MiB of synced
+    /// zeros), in a fresh directory of its own inside DIR (removed at the
+    /// end), then COUNT timed rounds of append BYTES + fdatasync.
+    FsyncProbe(FsyncProbeArgs),
+}
+
+#[derive(Args)]
+struct FsyncProbeArgs {
+    /// The file system to measure [default: ./data if it exists, else .].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Timed rounds (1-100000).
+    #[arg(long, default_value_t = fsync_probe::PROBE_COUNT_DEFAULT)]
+    count: u32,
+    /// Bytes per append (1-1048576; count × bytes at most one 64 MiB
+    /// segment) [default: one framed PATCH record, from the codec].
+    #[arg(long)]
+    bytes: Option<u32>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `--fsync`, mapped onto the storage layer's policy (storage does not
@@ -448,6 +471,15 @@ fn run_load(args: countiq_load::LoadArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.sweep_connections.is_some() {
+        let sweep = runtime.block_on(countiq_load::sweep(args))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&sweep)?);
+        } else {
+            countiq_load::write_sweep_human(&mut std::io::stdout().lock(), &sweep)?;
+        }
+        return Ok(exit(sweep.ok()));
+    }
     let report = runtime.block_on(countiq_load::run(args))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -485,6 +517,7 @@ fn run_cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn run_wal(command: WalCommand) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match command {
@@ -498,6 +531,25 @@ fn run_wal(command: WalCommand) -> anyhow::Result<ExitCode> {
         }
         WalCommand::Dump { data_dir } => {
             countiq::storage::tools::dump(&data_dir, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        WalCommand::FsyncProbe(args) => {
+            let dir = args.dir.unwrap_or_else(|| {
+                let data = PathBuf::from("./data");
+                if data.is_dir() {
+                    data
+                } else {
+                    PathBuf::from(".")
+                }
+            });
+            let bytes = args.bytes.unwrap_or_else(fsync_probe::patch_record_bytes);
+            let report = fsync_probe::probe(&dir, args.count, bytes)
+                .with_context(|| format!("fsync-probe in {}", dir.display()))?;
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                fsync_probe::write_human(&mut out, &report)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

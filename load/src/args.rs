@@ -78,6 +78,12 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 64)]
     pub connections: u32,
 
+    /// Run the scenario once per connection count in LIST (comma-separated,
+    /// e.g. 1,2,4,8,16,64; each 1-4096, no repeats), each point for
+    /// --duration on a set-up of its own, and print the curve.
+    #[arg(long, value_name = "LIST", value_parser = ConnectionList::parse, conflicts_with = "connections")]
+    pub sweep_connections: Option<ConnectionList>,
+
     /// How long the measured phase lasts (e.g. 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -166,6 +172,49 @@ pub struct LoadArgs {
     /// kept to measure the difference side by side).
     #[arg(long, hide = true)]
     pub coarse_pacing: bool,
+}
+
+/// The connection counts of a sweep (`--sweep-connections`): non-empty,
+/// each in [1, `CONNECTIONS_MAX`], no count twice, in the order given. Only
+/// `parse` makes one, so every value is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionList(Vec<u32>);
+
+impl ConnectionList {
+    /// Parses `1,2,4,8` (spaces around a count are allowed); the error says
+    /// which count is wrong and why.
+    pub fn parse(raw: &str) -> Result<ConnectionList, String> {
+        if raw.trim().is_empty() {
+            return Err("the list is empty (expected counts like 1,2,4,8)".into());
+        }
+        let mut counts: Vec<u32> = Vec::new();
+        for part in raw.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                return Err(format!(
+                    "empty count in {raw:?} (expected counts like 1,2,4,8)"
+                ));
+            }
+            let n: u32 = part
+                .parse()
+                .map_err(|_| format!("{part:?} is not a connection count"))?;
+            if n == 0 || n > CONNECTIONS_MAX {
+                return Err(format!(
+                    "each count must be in [1, {CONNECTIONS_MAX}], got {n}"
+                ));
+            }
+            if counts.contains(&n) {
+                return Err(format!("{n} appears more than once"));
+            }
+            counts.push(n);
+        }
+        Ok(ConnectionList(counts))
+    }
+
+    /// The counts, in the order given.
+    pub fn counts(&self) -> &[u32] {
+        &self.0
+    }
 }
 
 impl LoadArgs {
@@ -300,6 +349,49 @@ mod tests {
         assert_eq!(
             refused_flag(&["--delta-min", "5", "--delta-max", "5"]),
             None
+        );
+    }
+
+    #[test]
+    fn a_connection_list_keeps_its_order() {
+        let list = ConnectionList::parse("1, 2,4 ,64,16").expect("valid");
+        assert_eq!(list.counts(), &[1, 2, 4, 64, 16]);
+        assert_eq!(
+            ConnectionList::parse("4096").expect("valid").counts(),
+            &[4096]
+        );
+    }
+
+    #[test]
+    fn bad_connection_lists_are_refused_with_the_reason() {
+        let cases = [
+            ("", "empty"),
+            ("  ", "empty"),
+            ("1,,2", "empty count"),
+            ("1,2,", "empty count"),
+            ("0", "in [1, 4096], got 0"),
+            ("1,4097", "in [1, 4096], got 4097"),
+            ("1,2,1", "1 appears more than once"),
+            ("1,x", "\"x\" is not a connection count"),
+            ("-1", "not a connection count"),
+        ];
+        for (raw, reason) in cases {
+            let err = ConnectionList::parse(raw).expect_err(raw);
+            assert!(err.contains(reason), "{raw:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_sweep_is_parsed_from_the_command_line_and_excludes_connections() {
+        let args = parse(&["--sweep-connections", "1,2,4"]);
+        let list = args.sweep_connections.expect("given");
+        assert_eq!(list.counts(), &[1, 2, 4]);
+        let argv = ["load", "--sweep-connections", "1,1"];
+        assert!(Cli::try_parse_from(argv).is_err(), "duplicate refused");
+        let argv = ["load", "--sweep-connections", "1,2", "--connections", "8"];
+        assert!(
+            Cli::try_parse_from(argv).is_err(),
+            "conflicts with --connections"
         );
     }
 

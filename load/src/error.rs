@@ -22,6 +22,13 @@ pub enum LoadError {
         /// The bound, e.g. `in [1, 4096], got 0`.
         expected: String,
     },
+    /// Two flags that cannot be used together.
+    #[error("{flag} cannot be combined with {with}: {why}")]
+    Conflict {
+        flag: &'static str,
+        with: &'static str,
+        why: &'static str,
+    },
     #[error("invalid --url {url:?}")]
     UrlSyntax {
         url: String,

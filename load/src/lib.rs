@@ -33,6 +33,7 @@
 //! - `setup`    — creating items before, reading them back after.
 //! - `worker`   — the measured phase and the progress line.
 //! - `report`   — `LoadReport`, its JSON form and `write_human`.
+//! - `sweep`    — `--sweep-connections`: one run per connection count, the curve.
 
 mod args;
 pub mod check;
@@ -46,6 +47,7 @@ mod plan;
 mod report;
 mod setup;
 mod stats;
+mod sweep;
 mod target;
 mod token;
 mod worker;
@@ -55,11 +57,12 @@ use std::sync::Arc;
 
 use rand::Rng;
 
-pub use args::{LoadArgs, Scenario};
+pub use args::{ConnectionList, LoadArgs, Scenario};
 pub use check::tally::ItemVerdict;
 pub use check::{check_history, write_verdict, Verdict, Violation};
 pub use error::LoadError;
 pub use report::{write_human, CheckReport, LatencyUs, LoadReport};
+pub use sweep::{sweep, write_sweep_human, SweepReport};
 pub use token::{load_secret, mint, TOKEN_TTL};
 
 use plan::{OwnerPlan, Plan};
@@ -71,7 +74,16 @@ use worker::{Drive, Pacing};
 /// the progress line goes to stderr. Errors are setup failures (bad flags,
 /// unreachable or non-loopback target, no secret, items not creatable); a
 /// failed correctness check is a report whose [`LoadReport::ok`] is false.
+///
+/// A `--sweep-connections` list is refused here: [`sweep`] runs those.
 pub async fn run(args: LoadArgs) -> Result<LoadReport, LoadError> {
+    if args.sweep_connections.is_some() {
+        return Err(LoadError::Conflict {
+            flag: "--sweep-connections",
+            with: "a single run",
+            why: "countiq_load::sweep runs a sweep",
+        });
+    }
     args.validate()?;
     let target = target::resolve(&args.url, args.allow_remote).await?;
     let secret = token::load_secret(args.jwt_secret.as_deref(), &args.data_dir)?;

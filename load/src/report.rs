@@ -76,6 +76,9 @@ pub struct LoadReport {
     pub refused_qty_below_zero: u64,
     /// 503 `overloaded`.
     pub overloaded: u64,
+    /// Requests that failed: a 5xx reply or no reply at all (4xx answers
+    /// such as `qty_below_zero` or 412 are the API working, not errors).
+    pub errors: u64,
     pub check: CheckReport,
     /// `--check`: the linearizability verdict on the recorded history.
     pub history_check: Option<Verdict>,
@@ -134,6 +137,13 @@ pub(crate) fn build(
         latency_us: latency(&stats.latency_us),
         refused_qty_below_zero: code("qty_below_zero"),
         overloaded: code("overloaded"),
+        errors: stats.by_failure.values().sum::<u64>()
+            + stats
+                .by_status
+                .iter()
+                .filter(|(s, _)| **s >= 500)
+                .map(|(_, n)| n)
+                .sum::<u64>(),
         by_status: stats.by_status.clone(),
         by_error_code: stats.by_error_code.clone(),
         no_reply: stats
@@ -350,11 +360,21 @@ mod tests {
 
     #[test]
     fn counts_are_listed_in_their_columns() {
-        let mut stats = Stats::new(2);
-        stats.by_status.insert(200, 7);
-        stats.by_error_code.insert("overloaded".into(), 2);
-        stats.by_failure.insert("timeout", 1);
-        let text = render(&report_with(&[Some(15), Some(10)], stats));
+        let stats = || {
+            let mut stats = Stats::new(2);
+            stats.by_status.insert(200, 7);
+            stats.by_error_code.insert("overloaded".into(), 2);
+            stats.by_failure.insert("timeout", 1);
+            stats
+        };
+        let r = report_with(&[Some(15), Some(10)], stats());
+        assert_eq!(r.errors, 1, "the timeout; no 5xx yet");
+        let mut more = stats();
+        more.by_status.insert(503, 2);
+        more.by_status.insert(409, 4);
+        let errors = report_with(&[Some(15), Some(10)], more).errors;
+        assert_eq!(errors, 3, "+ the 503s, not the 409s");
+        let text = render(&r);
         assert!(text.contains("\n  status       200: 7\n"), "{text}");
         assert!(text.contains("\n  error codes  overloaded: 2\n"), "{text}");
         assert!(text.contains("\n  no reply     timeout: 1\n"), "{text}");

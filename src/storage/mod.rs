@@ -11,11 +11,14 @@
 //! - `recovery`: lock the data dir, snapshot + replay, cut a torn tail,
 //!   remove prepared files.
 //! - `tools`: read-only `wal verify` and `wal dump`.
+//! - `fsync_probe`: `wal fsync-probe`, this disk's append + fdatasync latency
+//!   through the real segment code.
 //! - `error`: the storage error a caller can act on.
 //! - `testing`: disk doubles (in-memory power cut, injected faults) for tests.
 
 pub mod codec;
 pub mod error;
+pub mod fsync_probe;
 pub mod pipeline;
 pub mod reader;
 pub mod recovery;
