@@ -277,20 +277,26 @@ impl ProviderArgs {
     }
 }
 
-fn parse_leeway(raw: &str) -> Result<Duration, String> {
+/// A duration flag within `min..=max`; the message names the bounds from
+/// the same constants that enforce them.
+fn bounded_duration(raw: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
-    if d > LEEWAY_MAX {
-        return Err("must be at most 5m".into());
+    if d < min || d > max {
+        return Err(format!(
+            "must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
     }
     Ok(d)
 }
 
+fn parse_leeway(raw: &str) -> Result<Duration, String> {
+    bounded_duration(raw, Duration::ZERO, LEEWAY_MAX)
+}
+
 fn parse_refresh(raw: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
-    if d < JWKS_REFRESH_INTERVAL_MIN || d > JWKS_REFRESH_INTERVAL_MAX {
-        return Err("must be between 30s and 24h".into());
-    }
-    Ok(d)
+    bounded_duration(raw, JWKS_REFRESH_INTERVAL_MIN, JWKS_REFRESH_INTERVAL_MAX)
 }
 
 #[derive(Args)]
@@ -343,11 +349,11 @@ struct ServeArgs {
 }
 
 fn parse_ttl(raw: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
-    if d < Duration::from_secs(1) || d > Duration::from_secs(30 * 24 * 3600) {
-        return Err("must be between 1s and 30d".into());
-    }
-    Ok(d)
+    bounded_duration(
+        raw,
+        Duration::from_secs(1),
+        Duration::from_secs(30 * 24 * 3600),
+    )
 }
 
 #[derive(Args)]

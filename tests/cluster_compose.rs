@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use countiq::auth::Auth;
+use countiq::auth::Verifier;
 use countiq::cluster::Cluster;
 use countiq::domain::OwnerId;
 use rand::Rng;
@@ -203,7 +203,7 @@ struct Harness {
     cluster: Cluster,
     proxy: String,
     http: reqwest::Client,
-    auth: Auth,
+    auth: Verifier,
 }
 
 impl Harness {
@@ -273,7 +273,7 @@ fn cluster_on_compose() {
         .unwrap();
     let h = Harness {
         proxy: project.url("nginx"),
-        auth: Auth::new(project.secret.as_bytes()),
+        auth: Verifier::new(project.secret.as_bytes()),
         http: reqwest::Client::builder()
             .timeout(CLIENT_TIMEOUT)
             .pool_max_idle_per_host(64)

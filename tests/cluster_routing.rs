@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use countiq::auth::Auth;
+use countiq::auth::Verifier;
 use countiq::cluster::{Cluster, GuardError, Placement};
 use countiq::domain::OwnerId;
 use countiq::node::NodeConfig;
@@ -91,7 +91,7 @@ async fn start(
 }
 
 fn token(owner: &str) -> String {
-    Auth::new(SECRET).mint(&OwnerId::new(owner).unwrap(), Duration::from_secs(600))
+    Verifier::new(SECRET).mint(&OwnerId::new(owner).unwrap(), Duration::from_secs(600))
 }
 
 async fn send(

@@ -123,7 +123,7 @@ async fn start(dir: &Path) -> Server {
 }
 
 fn token(owner: &str) -> String {
-    let auth = countiq::auth::Auth::new(SECRET.as_bytes());
+    let auth = countiq::auth::Verifier::new(SECRET.as_bytes());
     auth.mint(
         &countiq::domain::OwnerId::new(owner).unwrap(),
         Duration::from_secs(3600),

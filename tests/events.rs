@@ -246,7 +246,7 @@ async fn a_slow_reader_is_told_it_lagged_and_never_slows_the_owner() {
     let node = Node::open(NodeConfig::quiet(dir.path()), Box::new(SystemClock))
         .await
         .unwrap();
-    let state = AppState::new(countiq::auth::Auth::new(common::SECRET));
+    let state = AppState::new(countiq::auth::Verifier::new(common::SECRET));
     state.set_ready(node.registry().clone());
     let owner = OwnerId::new("slow").unwrap();
     let create = Command::Create {
@@ -260,8 +260,8 @@ async fn a_slow_reader_is_told_it_lagged_and_never_slows_the_owner() {
     else {
         panic!("created");
     };
-    let token =
-        countiq::auth::Auth::new(common::SECRET).mint(&owner, std::time::Duration::from_secs(3600));
+    let token = countiq::auth::Verifier::new(common::SECRET)
+        .mint(&owner, std::time::Duration::from_secs(3600));
     let req = axum::http::Request::get("/events")
         .header("authorization", format!("Bearer {token}"))
         .body(Body::empty())

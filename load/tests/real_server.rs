@@ -5,7 +5,7 @@
 //!
 //! Method: compare `countiq_load::contract` with the server's constants and
 //! owner-id rule; mint with `countiq_load::mint` and verify with
-//! `countiq::auth::Auth`; load a secret file with both crates; then start the
+//! `countiq::auth::Verifier`; load a secret file with both crates; then start the
 //! production server (`countiq::server::serve`, fsync always) in-process on
 //! 127.0.0.1:0 over a temp data dir, let it create its secret there, and run
 //! each scenario for a bounded number of requests with `--data-dir` pointing
@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::Parser;
-use countiq::auth::{self, Auth};
+use countiq::auth::{self, Verifier};
 use countiq::domain::{self, OwnerId};
 use countiq::node::NodeConfig;
 use countiq::server::{serve, ServeConfig, Stopped};
@@ -58,9 +58,9 @@ fn minted_tokens_verify_with_the_servers_auth() {
     let secret = b"0123456789abcdef0123456789abcdef";
     let header = countiq_load::mint(secret, "owner-1").expect("mint");
     let header = header.to_str().expect("ascii");
-    let owner = Auth::new(secret).verify_header(Some(header));
+    let owner = Verifier::new(secret).verify_header(Some(header));
     assert_eq!(owner, Ok(OwnerId::new("owner-1").expect("owner")));
-    let stranger = Auth::new(b"another-secret-another-secret-xx");
+    let stranger = Verifier::new(b"another-secret-another-secret-xx");
     assert!(stranger.verify_header(Some(header)).is_err());
 }
 

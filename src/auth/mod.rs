@@ -160,9 +160,6 @@ pub struct Verifier {
     inner: Arc<Inner>,
 }
 
-/// The name this type had when it only knew one HS256 secret.
-pub type Auth = Verifier;
-
 impl Verifier {
     /// Own tokens with one kid-less secret, no provider.
     pub fn new(secret: &[u8]) -> Self {

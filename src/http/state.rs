@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::ApiError;
 use crate::actor::registry::Registry;
-use crate::auth::Auth;
+use crate::auth::Verifier;
 
 /// Cheap to clone.
 #[derive(Clone)]
@@ -17,7 +17,7 @@ pub struct AppState {
 }
 
 struct StateInner {
-    auth: Auth,
+    auth: Verifier,
     /// Set once recovery has finished; until then every `/items` route
     /// answers 503 `not_ready`.
     registry: OnceLock<Registry>,
@@ -31,7 +31,7 @@ struct StateInner {
 }
 
 impl AppState {
-    pub fn new(auth: Auth) -> Self {
+    pub fn new(auth: Verifier) -> Self {
         AppState {
             inner: Arc::new(StateInner {
                 auth,
@@ -90,7 +90,7 @@ impl AppState {
         self.inner.registry.get().ok_or(ApiError::NotReady)
     }
 
-    pub(crate) fn auth(&self) -> &Auth {
+    pub(crate) fn auth(&self) -> &Verifier {
         &self.inner.auth
     }
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use countiq::auth::Auth;
+use countiq::auth::Verifier;
 use countiq::domain::OwnerId;
 use countiq::node::NodeConfig;
 use countiq::server::{serve, ServeConfig, Stopped};
@@ -134,7 +134,7 @@ impl TestServer {
     }
 
     pub fn token(&self, owner: &str) -> String {
-        Auth::new(SECRET).mint(
+        Verifier::new(SECRET).mint(
             &OwnerId::new(owner).expect("owner"),
             Duration::from_secs(3600),
         )
