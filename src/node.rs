@@ -143,6 +143,7 @@ impl Node {
             config: config.actor,
             clock,
             log_dir: config.data_dir.clone(),
+            calls: Default::default(),
         });
         let registry = Registry::new(shared);
         let owners = recovered.owners.len();

@@ -279,6 +279,35 @@ pub struct Shared {
     pub clock: Box<dyn Clock>,
     /// Where the log's segments are (the change feed's replay reads them).
     pub log_dir: std::path::PathBuf,
+    /// Calls in flight on this node: sent to an actor and not yet answered
+    /// (or given up on). An actor leads the log on its own thread only when
+    /// every one of them is in its own pass (`OwnerActor::commit`).
+    pub calls: CallsInFlight,
+}
+
+/// A count of calls in flight, kept by the registry around each call.
+#[derive(Debug, Default)]
+pub struct CallsInFlight(std::sync::atomic::AtomicUsize);
+
+impl CallsInFlight {
+    /// Count one call until the returned guard is dropped.
+    pub(crate) fn enter(&self) -> CallGuard<'_> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CallGuard(self)
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One call in flight (see [`CallsInFlight::enter`]).
+pub(crate) struct CallGuard<'a>(&'a CallsInFlight);
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A cloneable handle to a running actor: a mailbox sender.
@@ -374,10 +403,13 @@ impl OwnerActor {
                 // Every handle is gone: the registry was dropped (shutdown).
                 return;
             }
-            // One message and an idle log: one request at a time, nobody
-            // else about to send; handle it now (a yield costs a round
-            // through the scheduler, which wakes the other worker to steal).
-            let alone = received == 1 && self.shared.log.pipeline.is_idle();
+            // One message, the only call in flight, and an idle log: one
+            // request at a time, nobody else about to send; handle it now
+            // (a yield costs a round through the scheduler, which wakes the
+            // other worker to steal).
+            let alone = received == 1
+                && self.shared.calls.get() <= 1
+                && self.shared.log.pipeline.is_idle();
             if received < MAILBOX_BATCH_MAX && !alone {
                 // Let the callers that are ready to run send first, then take
                 // what they sent too: one wake-up and one pass per batch of
@@ -402,15 +434,18 @@ impl OwnerActor {
 
     /// End of a pass over the mailbox. If this actor leads the log (its
     /// first append found it idle), it writes and syncs the batch on this
-    /// thread when nobody else is waiting: the pass was small and the
-    /// mailbox is empty, so one client (or a few) wait for exactly this
-    /// batch, and answering them from here saves two cross-thread
-    /// wake-ups (to the writer thread and back). Otherwise the writer
-    /// thread takes the batch and this actor goes on applying the waiting
-    /// messages while it syncs (pipelining).
+    /// thread when nobody else is waiting: the pass was small, and every
+    /// call in flight on the node is in it (none in this mailbox, none at
+    /// another owner, none waiting for an earlier batch). Those callers
+    /// wait for exactly this batch, and answering them from here saves two
+    /// cross-thread wake-ups (to the writer thread and back). Otherwise the
+    /// writer thread takes the batch and this actor goes on applying
+    /// messages while it syncs (pipelining): a worker blocked in fdatasync
+    /// would also stop polling the sockets of the requests that wait.
     fn commit(&mut self, handled: usize) {
         if let Some(lead) = self.lead.take() {
-            if handled <= LEAD_PASS_MAX && self.rx.is_empty() {
+            let alone = self.shared.calls.get() <= handled && self.rx.is_empty();
+            if handled <= LEAD_PASS_MAX && alone {
                 lead.persist();
             } else {
                 lead.hand_off();

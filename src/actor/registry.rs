@@ -225,6 +225,7 @@ impl Registry {
         owner: &OwnerId,
         call: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Call,
     ) -> Result<T, CallError> {
+        let _in_flight = self.inner.shared.calls.enter();
         let slot = self.slot(owner);
         let (tx, rx) = oneshot::channel();
         let msg = Msg::Call(Box::new(call(tx)));
