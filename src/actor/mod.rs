@@ -46,8 +46,11 @@ pub const MAILBOX_DEPTH_DEFAULT: usize = 4096;
 const MAILBOX_BATCH_MAX: usize = 256;
 /// The largest pass over the mailbox after which an actor that leads the
 /// log writes and syncs on its own thread (`OwnerActor::commit`); larger
-/// passes hand the batch to the writer thread.
-const LEAD_PASS_MAX: usize = 8;
+/// passes hand the batch to the writer thread. One: measured at 1-64
+/// connections (BENCHMARKS.md, issue 19), a leader that answered 4-8
+/// requests from its one worker was 7-10% slower than the writer thread,
+/// whose replies wake handlers on both workers.
+const LEAD_PASS_MAX: usize = 1;
 
 /// A read's answer and the owner's LSN it reflects: the state after every
 /// record of this owner up to `lsn` (0: nothing was ever logged).
