@@ -314,7 +314,8 @@ mod tests {
         for i in 0..20_000 {
             let cmd = Command::Create {
                 name: ItemName::new(&format!("item-{i}")).unwrap(),
-                qty: Qty::new(1).unwrap(), note: crate::domain::Note::NONE,
+                qty: Qty::new(1).unwrap(),
+                note: crate::domain::Note::NONE,
             };
             let answer = node.registry().write(&owner, cmd, None).await.unwrap();
             assert!(matches!(answer, Written::Done { result: Ok(_), .. }));

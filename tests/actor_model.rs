@@ -289,6 +289,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let cmd = Command::Create {
                     name: ItemName::new(name).unwrap(),
                     qty: Qty::new(*qty).unwrap(),
+                    note: countiq::domain::Note::NONE,
                 };
                 let got = h.write(cmd).await;
                 if taken_by_other(&model, name, None) {
@@ -322,6 +323,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     name: ItemName::new(name).unwrap(),
                     qty: Qty::new(*qty).unwrap(),
                     if_match: precondition(if_match, version),
+                    note: countiq::domain::Note::NONE,
                 };
                 let got = h.write(cmd).await;
                 let want = match model.get(&id) {
@@ -358,6 +360,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     id,
                     delta: Delta::new(*delta).unwrap(),
                     if_match: precondition(if_match, version),
+                    note: countiq::domain::Note::NONE,
                 };
                 let got = h.write(cmd).await;
                 let want = match model.get(&id) {
@@ -405,15 +408,12 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let cmd = Command::Transact {
                     ops: ops
                         .iter()
-                        .map(|(item, d)| TxOp {
-                            item: *item,
-                            delta: Delta::new(*d).unwrap(),
-                        })
+                        .map(|(item, d)| TxOp::adjust(*item, Delta::new(*d).unwrap()))
                         .collect(),
                 };
                 let got = h.write(cmd).await;
                 match (got, model_transact(&mut model, &ops)) {
-                    (Ok(Outcome::Transacted(items)), Ok(touched)) => {
+                    (Ok(Outcome::Transacted(items, _)), Ok(touched)) => {
                         let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
                         prop_assert_eq!(ids, touched);
                         for item in &items {
@@ -458,7 +458,12 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
             Step::Commit { hold } => {
                 let rid = pick_hold(&open_holds, &gone_holds, never, hold);
-                let got = h.write(Command::CommitHold { hold: rid }).await;
+                let got = h
+                    .write(Command::CommitHold {
+                        hold: rid,
+                        note: countiq::domain::Note::NONE,
+                    })
+                    .await;
                 match (got, open_holds.remove(&rid)) {
                     (Ok(Outcome::Updated(item)), Some((id, q))) => {
                         let m = model.get_mut(&id).expect("a hold's item exists");
@@ -468,7 +473,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(&as_model(&item), &*m);
                         gone_holds.push(rid);
                     }
-                    (Err(Rejection::HoldNotFound), None) => {}
+                    (Err(Rejection::HoldNotFound { .. }), None) => {}
                     (got, want) => return Err(mismatch(&step, got, want)),
                 }
             }

@@ -252,6 +252,7 @@ async fn a_slow_reader_is_told_it_lagged_and_never_slows_the_owner() {
     let create = Command::Create {
         name: ItemName::new("x").unwrap(),
         qty: Qty::new(0).unwrap(),
+        note: countiq::domain::Note::NONE,
     };
     let Written::Done {
         result: Ok(countiq::domain::Outcome::Created(item)),
@@ -275,6 +276,7 @@ async fn a_slow_reader_is_told_it_lagged_and_never_slows_the_owner() {
             id: item.id,
             delta: Delta::new(1).unwrap(),
             if_match: None,
+            note: countiq::domain::Note::NONE,
         };
         match node.registry().write(&owner, cmd, None).await.unwrap() {
             Written::Done {

@@ -105,6 +105,7 @@ impl Driver {
             Op::Create { name: n, qty: q } => Command::Create {
                 name: name(*n),
                 qty: qty(*q),
+                note: countiq::domain::Note::NONE,
             },
             Op::Replace {
                 item,
@@ -116,6 +117,7 @@ impl Driver {
                 name: name(*n),
                 qty: qty(*q),
                 if_match: pre(*if_match),
+                note: countiq::domain::Note::NONE,
             },
             Op::Adjust {
                 item,
@@ -125,6 +127,7 @@ impl Driver {
                 id: self.pick(o, *item),
                 delta: Delta::new(*delta).unwrap(),
                 if_match: pre(*if_match),
+                note: countiq::domain::Note::NONE,
             },
             Op::Delete { item } => Command::Delete {
                 id: self.pick(o, *item),
@@ -132,10 +135,7 @@ impl Driver {
             Op::Transact { ops } => Command::Transact {
                 ops: ops
                     .iter()
-                    .map(|(i, d)| TxOp {
-                        item: self.pick(o, *i),
-                        delta: Delta::new(*d).unwrap(),
-                    })
+                    .map(|(i, d)| TxOp::adjust(self.pick(o, *i), Delta::new(*d).unwrap()))
                     .collect(),
             },
         }
@@ -198,7 +198,7 @@ impl Driver {
                 };
                 items.remove(&id);
             }
-            Ok(Outcome::Transacted(changed)) => {
+            Ok(Outcome::Transacted(changed, _)) => {
                 for i in changed {
                     items.insert(i.id, i);
                 }
@@ -391,7 +391,10 @@ fn a_record_that_does_not_fit_the_state_is_corruption_not_a_panic() {
         Record {
             lsn: 1,
             owner: o.clone(),
-            event: Some(countiq::domain::Event::Created(item(1, "milk", 1, 1, 0))),
+            event: Some(countiq::domain::Event::Created(
+                item(1, "milk", 1, 1, 0),
+                countiq::domain::Note::NONE,
+            )),
             key: None,
         },
         Record {
@@ -400,6 +403,7 @@ fn a_record_that_does_not_fit_the_state_is_corruption_not_a_panic() {
             event: Some(countiq::domain::Event::QtySet {
                 change: change(1, 5, 3),
                 at: 1,
+                note: countiq::domain::Note::NONE,
             }),
             key: None,
         },
@@ -533,7 +537,10 @@ fn golden_records() -> Vec<Record> {
         Option<countiq::domain::idempotency::KeyRecord>,
     )> = vec![
         (
-            Some(countiq::domain::Event::Created(flour.clone())),
+            Some(countiq::domain::Event::Created(
+                flour.clone(),
+                countiq::domain::Note::NONE,
+            )),
             Some(key("b-1", 1, Ok(Outcome::Created(flour)), FAR)),
         ),
         (
@@ -575,15 +582,24 @@ fn golden_records() -> Vec<Record> {
             Some(countiq::domain::Event::QtySet {
                 change: change(10, 7, 2),
                 at: 101,
+                note: countiq::domain::Note::NONE,
             }),
             Some(key("b-7", 7, Ok(Outcome::Updated(after_set)), FAR)),
         ),
         (
             Some(countiq::domain::Event::Transacted {
-                changes: vec![change(10, 9, 3)],
+                changes: vec![change(10, 9, 3).into()],
+                placed: vec![],
+                committed: vec![],
+                released: vec![],
                 at: 102,
             }),
-            Some(key("b-8", 8, Ok(Outcome::Transacted(vec![after_tx])), FAR)),
+            Some(key(
+                "b-8",
+                8,
+                Ok(Outcome::Transacted(vec![after_tx], vec![])),
+                FAR,
+            )),
         ),
         (Some(countiq::domain::Event::Deleted { id: id(10) }), None),
     ];
@@ -810,7 +826,10 @@ fn golden_records_v3() -> Vec<Record> {
         Option<Event>,
         Option<countiq::domain::idempotency::KeyRecord>,
     )> = vec![
-        (Some(Event::Created(salt.clone())), None),
+        (
+            Some(Event::Created(salt.clone(), countiq::domain::Note::NONE)),
+            None,
+        ),
         (
             Some(Event::Reserved {
                 hold: hold(21, 4, 301),
@@ -837,11 +856,21 @@ fn golden_records_v3() -> Vec<Record> {
         ),
         (
             None,
-            Some(key("c-3", 3, rejected(Rejection::HoldLimit), FAR)),
+            Some(key(
+                "c-3",
+                3,
+                rejected(Rejection::HoldLimit { op_index: None }),
+                FAR,
+            )),
         ),
         (
             None,
-            Some(key("c-4", 4, rejected(Rejection::HoldNotFound), FAR)),
+            Some(key(
+                "c-4",
+                4,
+                rejected(Rejection::HoldNotFound { op_index: None }),
+                FAR,
+            )),
         ),
         // snapshot point: LSN 22 (carol: salt qty 10, hold 21 of 4 open)
         (
@@ -849,6 +878,7 @@ fn golden_records_v3() -> Vec<Record> {
                 hold: id(21),
                 change: change(20, 6, 3),
                 at: 302,
+                note: countiq::domain::Note::NONE,
             }),
             None,
         ),

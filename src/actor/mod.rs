@@ -500,7 +500,9 @@ impl OwnerActor {
         let new_id = match &cmd {
             Command::Create { .. } | Command::Reserve { .. } => Uuid::now_v7(),
             // The base of the transaction's hold ids (`tx_hold_id`).
-            Command::Transact { ops } if ops.iter().any(|op| matches!(op, TxOp::Reserve { .. })) => {
+            Command::Transact { ops }
+                if ops.iter().any(|op| matches!(op, TxOp::Reserve { .. })) =>
+            {
                 Uuid::now_v7()
             }
             _ => Uuid::nil(),

@@ -378,7 +378,8 @@ mod tests {
                     start.wait().await;
                     let cmd = Command::Create {
                         name: ItemName::new(&format!("item-{i}")).unwrap(),
-                        qty: Qty::new(i).unwrap(), note: crate::domain::Note::NONE,
+                        qty: Qty::new(i).unwrap(),
+                        note: crate::domain::Note::NONE,
                     };
                     registry.write(&owner, cmd, None).await
                 })

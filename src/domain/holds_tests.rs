@@ -61,6 +61,7 @@ impl Live {
         let cmd = Command::Create {
             name: ItemName::new(&format!("item {id}")).unwrap(),
             qty: qty(q),
+            note: crate::domain::Note::NONE,
         };
         match self.run(cmd, ctx(SEC, id)) {
             Ok(Outcome::Created(item)) => item.id,
@@ -106,6 +107,7 @@ fn adjust(id: Uuid, d: i64) -> Command {
         id,
         delta: Delta::new(d).unwrap(),
         if_match: None,
+        note: crate::domain::Note::NONE,
     }
 }
 
@@ -144,13 +146,11 @@ fn holds_never_make_available_negative() {
         name: item.name.clone(),
         qty: qty(6),
         if_match: None,
+        note: crate::domain::Note::NONE,
     };
     assert_eq!(l.run(put, ctx(3 * SEC, 0)), Err(short));
     let tx = Command::Transact {
-        ops: vec![TxOp {
-            item: id,
-            delta: Delta::new(-4).unwrap(),
-        }],
+        ops: vec![TxOp::adjust(id, Delta::new(-4).unwrap())],
     };
     assert_eq!(
         l.run(tx, ctx(3 * SEC, 0)),
@@ -171,7 +171,13 @@ fn commit_is_a_decrease_once_and_release_after_it_is_a_no_op() {
     let mut l = Live::default();
     let id = l.create(10, 1);
     let hold = l.reserve(id, 4, 60 * SEC, 2 * SEC, 100).unwrap();
-    let done = l.run(Command::CommitHold { hold: hold.id }, ctx(3 * SEC, 0));
+    let done = l.run(
+        Command::CommitHold {
+            hold: hold.id,
+            note: crate::domain::Note::NONE,
+        },
+        ctx(3 * SEC, 0),
+    );
     let Ok(Outcome::Updated(item)) = done else {
         panic!("{done:?}")
     };
@@ -180,8 +186,14 @@ fn commit_is_a_decrease_once_and_release_after_it_is_a_no_op() {
         (6, 0, 3)
     );
     assert_eq!(
-        l.run(Command::CommitHold { hold: hold.id }, ctx(4 * SEC, 0)),
-        Err(Rejection::HoldNotFound)
+        l.run(
+            Command::CommitHold {
+                hold: hold.id,
+                note: crate::domain::Note::NONE
+            },
+            ctx(4 * SEC, 0)
+        ),
+        Err(Rejection::HoldNotFound { op_index: None })
     );
     let logged = l.log.len();
     assert_eq!(
@@ -244,7 +256,10 @@ fn holds_per_item_are_bounded() {
     for n in 0..HOLDS_PER_ITEM_MAX as u128 {
         l.reserve(a, 1, SEC, 0, 100 + n).unwrap();
     }
-    assert_eq!(l.reserve(a, 1, SEC, 0, 99_999), Err(Rejection::HoldLimit));
+    assert_eq!(
+        l.reserve(a, 1, SEC, 0, 99_999),
+        Err(Rejection::HoldLimit { op_index: None })
+    );
     assert!(l.reserve(b, 1, SEC, 0, 99_998).is_ok());
 }
 

@@ -195,6 +195,16 @@ pub struct TxChange {
     pub note: Note,
 }
 
+impl From<QtyVersion> for TxChange {
+    /// A change without a note.
+    fn from(change: QtyVersion) -> Self {
+        TxChange {
+            change,
+            note: Note::NONE,
+        }
+    }
+}
+
 /// The facts of an accepted transition. Every value is final, so replaying an
 /// event needs no clock, no randomness and no checks. The `Note` of a
 /// qty-changing event is the request's reason and reference; it goes into
@@ -859,7 +869,11 @@ impl OwnerState {
         for TxChange { change, .. } in changes {
             let item = self.existing_for_event(&change.id)?;
             check_next_version(item, change.version)?;
-            let entry = (change.qty.get(), item.reserved.get(), self.holds_of(item.id));
+            let entry = (
+                change.qty.get(),
+                item.reserved.get(),
+                self.holds_of(item.id),
+            );
             if after.insert(change.id, entry).is_some() {
                 return Err(format!("transaction changes item {} twice", change.id));
             }
@@ -868,7 +882,9 @@ impl OwnerState {
         for hold in committed.iter().chain(released) {
             let h = self.hold_for_event(hold)?;
             let Some(a) = after.get_mut(&h.item).filter(|_| removed.insert(*hold)) else {
-                return Err(format!("transaction removes hold {hold} twice or not its item"));
+                return Err(format!(
+                    "transaction removes hold {hold} twice or not its item"
+                ));
             };
             a.1 -= h.qty.get();
             a.2 -= 1;
@@ -876,7 +892,10 @@ impl OwnerState {
         let mut fresh = HashSet::new();
         for hold in placed {
             let Some(a) = after.get_mut(&hold.item) else {
-                return Err(format!("hold {} of an item the transaction does not change", hold.id));
+                return Err(format!(
+                    "hold {} of an item the transaction does not change",
+                    hold.id
+                ));
             };
             if self.holds.contains_key(&hold.id) || !fresh.insert(hold.id) || hold.qty == Qty::ZERO
             {

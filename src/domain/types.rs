@@ -391,8 +391,8 @@ mod tests {
         }
         assert!(Reason::new(&"a".repeat(REASON_BYTES_MAX)).is_ok());
         for bad in [
-            "", "Sale", "1sale", "_x", "-x", ".x", "sa le", " sale", "sale ", "sälé",
-            "sale!", "sa\nle", "SALE",
+            "", "Sale", "1sale", "_x", "-x", ".x", "sa le", " sale", "sale ", "sälé", "sale!",
+            "sa\nle", "SALE",
         ] {
             assert!(
                 matches!(Reason::new(bad), Err(ValueError::Reason(_))),
@@ -405,7 +405,10 @@ mod tests {
     #[test]
     fn references_are_bounded_printable_text_kept_as_sent() {
         assert_eq!(Reference::new(" order 42 ").unwrap().as_str(), " order 42 ");
-        assert_eq!(Reference::new("Bestellung Nr. 7 ✓").unwrap().as_str(), "Bestellung Nr. 7 ✓");
+        assert_eq!(
+            Reference::new("Bestellung Nr. 7 ✓").unwrap().as_str(),
+            "Bestellung Nr. 7 ✓"
+        );
         assert!(Reference::new(&"r".repeat(REFERENCE_BYTES_MAX)).is_ok());
         // Bytes, not characters: 65 two-byte characters are 130 bytes.
         assert_eq!(
@@ -418,7 +421,11 @@ mod tests {
         );
         assert_eq!(Reference::new(""), Err(ValueError::ReferenceEmpty));
         for bad in ["a\u{0}b", "a\nb", "a\tb", "\u{7f}", "x\u{85}"] {
-            assert_eq!(Reference::new(bad), Err(ValueError::ReferenceControlChar), "{bad:?}");
+            assert_eq!(
+                Reference::new(bad),
+                Err(ValueError::ReferenceControlChar),
+                "{bad:?}"
+            );
         }
     }
 

@@ -63,12 +63,20 @@ pub(super) struct CreateBody {
     #[schema(default = 0)]
     pub qty: i64,
     /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
     pub reason: Option<String>,
     /// What the change refers to, e.g. an order id: printable text, at most
     /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
     pub reference: Option<String>,
 }
@@ -83,12 +91,20 @@ pub(super) struct ReplaceBody {
     pub name: String,
     pub qty: i64,
     /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
     pub reason: Option<String>,
     /// What the change refers to, e.g. an order id: printable text, at most
     /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
     pub reference: Option<String>,
 }
@@ -99,12 +115,20 @@ pub(super) struct ReplaceBody {
 pub(super) struct AdjustBody {
     pub delta: i64,
     /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
     pub reason: Option<String>,
     /// What the change refers to, e.g. an order id: printable text, at most
     /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
     pub reference: Option<String>,
 }
@@ -114,12 +138,20 @@ pub(super) struct AdjustBody {
 #[serde(deny_unknown_fields)]
 pub(super) struct CommitBody {
     /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
     pub reason: Option<String>,
     /// What the change refers to, e.g. an order id: printable text, at most
     /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
     pub reference: Option<String>,
 }
@@ -175,12 +207,20 @@ pub(super) struct TxAdjustBody {
     pub item: Uuid,
     pub delta: i64,
     /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
     pub reason: Option<String>,
     /// What the change refers to, e.g. an order id: printable text, at most
     /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
     pub reference: Option<String>,
 }
@@ -202,12 +242,20 @@ pub(super) struct TxReserveBody {
 pub(super) struct TxCommitBody {
     pub reservation: Uuid,
     /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
     pub reason: Option<String>,
     /// What the change refers to, e.g. an order id: printable text, at most
     /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
     pub reference: Option<String>,
 }
@@ -246,10 +294,8 @@ const TX_OP_SHAPES: &str = r#"an op is {"item", "delta"} (with optional "reason"
 impl<'de> Deserialize<'de> for TxOpBody {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let f = TxOpFields::deserialize(d)?;
-        let delta_fields = f.item.is_some()
-            || f.delta.is_some()
-            || f.reason.is_some()
-            || f.reference.is_some();
+        let delta_fields =
+            f.item.is_some() || f.delta.is_some() || f.reason.is_some() || f.reference.is_some();
         let op = match (delta_fields, f.reserve, f.commit, f.release) {
             (true, None, None, None) => match (f.item, f.delta) {
                 (Some(item), Some(delta)) => TxOpBody::Adjust(TxAdjustBody {
@@ -353,8 +399,12 @@ mod tests {
             format!(r#"{{"reason": "sale"}}"#),
             format!(r#"{{"item": "{id}", "delta": 1, "reason": null}}"#),
             format!(r#"{{"item": "{id}", "delta": null}}"#),
-            format!(r#"{{"item": "{id}", "delta": 1, "reserve": {{"item": "{id}", "qty": 1, "ttl": 1}}}}"#),
-            format!(r#"{{"commit": {{"reservation": "{id}"}}, "release": {{"reservation": "{id}"}}}}"#),
+            format!(
+                r#"{{"item": "{id}", "delta": 1, "reserve": {{"item": "{id}", "qty": 1, "ttl": 1}}}}"#
+            ),
+            format!(
+                r#"{{"commit": {{"reservation": "{id}"}}, "release": {{"reservation": "{id}"}}}}"#
+            ),
             format!(r#"{{"reserve": {{"item": "{id}", "qty": 1}}}}"#),
             format!(r#"{{"reserve": {{"item": "{id}", "qty": 1, "ttl": 1, "x": 1}}}}"#),
             format!(r#"{{"release": {{"reservation": "{id}", "reason": "sale"}}}}"#),

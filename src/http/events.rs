@@ -344,11 +344,18 @@ mod tests {
             qty: Qty::new(5).unwrap(),
             version: 2,
         };
-        let (kind, data) = event_json(&Event::Created(item.clone()));
+        let (kind, data) = event_json(&Event::Created(item.clone(), crate::domain::Note::NONE));
         assert_eq!(kind, "item.created");
         assert_eq!(data["item"]["name"], "milk");
-        assert_eq!(event_json(&Event::Replaced(item)).0, "item.replaced");
-        let (kind, data) = event_json(&Event::QtySet { change, at: 0 });
+        assert_eq!(
+            event_json(&Event::Replaced(item, crate::domain::Note::NONE)).0,
+            "item.replaced"
+        );
+        let (kind, data) = event_json(&Event::QtySet {
+            change,
+            at: 0,
+            note: crate::domain::Note::NONE,
+        });
         assert_eq!(kind, "item.qty");
         assert_eq!(data["qty"], 5);
         assert_eq!(data["version"], 2);
@@ -356,8 +363,14 @@ mod tests {
         let (kind, data) = event_json(&Event::Deleted { id });
         assert_eq!(kind, "item.deleted");
         assert_eq!(data["id"], id.to_string());
-        let changes = vec![change, change];
-        let (kind, data) = event_json(&Event::Transacted { changes, at: 0 });
+        let changes = vec![change.into(), change.into()];
+        let (kind, data) = event_json(&Event::Transacted {
+            changes,
+            placed: vec![],
+            committed: vec![],
+            released: vec![],
+            at: 0,
+        });
         assert_eq!(kind, "transaction");
         assert_eq!(data["items"].as_array().unwrap().len(), 2);
         let hold = crate::domain::Hold {
@@ -378,6 +391,7 @@ mod tests {
             hold: hold.id,
             change,
             at: 0,
+            note: crate::domain::Note::NONE,
         };
         let (kind, data) = event_json(&committed);
         assert_eq!(kind, "reservation.committed");

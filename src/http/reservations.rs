@@ -175,9 +175,8 @@ pub(super) async fn history(
 /// A reservation id from the path: anything but a UUID names no hold (404
 /// `reservation_not_found`).
 fn hold_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
-    uuid::Uuid::try_parse(raw).map_err(|_| {
-        ApiError::Rejected(crate::domain::Rejection::HoldNotFound { op_index: None })
-    })
+    uuid::Uuid::try_parse(raw)
+        .map_err(|_| ApiError::Rejected(crate::domain::Rejection::HoldNotFound { op_index: None }))
 }
 
 /// A history cursor: the version of the last entry of the previous page

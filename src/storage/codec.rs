@@ -1081,7 +1081,9 @@ fn note(raw: Option<NoteV4>) -> Result<Note, CodecError> {
         .map(|r| Reference::new(&r).map_err(|_| CodecError::Invalid("reference")))
         .transpose()?;
     if reason.is_none() && reference.is_none() {
-        return Err(CodecError::Invalid("a note with neither reason nor reference"));
+        return Err(CodecError::Invalid(
+            "a note with neither reason nor reference",
+        ));
     }
     Ok(Note::new(reason, reference))
 }
@@ -1093,7 +1095,11 @@ impl TryFrom<EventV4> for Event {
         Ok(match e {
             EventV4::Created { item, note: n } => Event::Created(item.try_into()?, note(n)?),
             EventV4::Replaced { item, note: n } => Event::Replaced(item.try_into()?, note(n)?),
-            EventV4::QtySet { change, at, note: n } => Event::QtySet {
+            EventV4::QtySet {
+                change,
+                at,
+                note: n,
+            } => Event::QtySet {
                 change: change.try_into()?,
                 at,
                 note: note(n)?,
@@ -1750,14 +1756,21 @@ mod tests {
             version: 3,
         };
         let events = [
-            Event::Created(item()),
-            Event::Replaced(item()),
-            Event::QtySet { change, at: 5 },
+            Event::Created(item(), crate::domain::Note::NONE),
+            Event::Replaced(item(), crate::domain::Note::NONE),
+            Event::QtySet {
+                change,
+                at: 5,
+                note: crate::domain::Note::NONE,
+            },
             Event::Deleted {
                 id: Uuid::from_u128(7),
             },
             Event::Transacted {
-                changes: vec![change, change],
+                changes: vec![change.into(), change.into()],
+                placed: vec![],
+                committed: vec![],
+                released: vec![],
                 at: 6,
             },
         ];
@@ -1768,7 +1781,7 @@ mod tests {
             Ok(Outcome::Created(item())),
             Ok(Outcome::Updated(item())),
             Ok(Outcome::Deleted),
-            Ok(Outcome::Transacted(vec![item()])),
+            Ok(Outcome::Transacted(vec![item()], vec![])),
             Err(Rejection::QtyBelowZero { op_index: Some(3) }),
             Err(Rejection::NotFound { op_index: None }),
             Err(Rejection::NameTaken),
@@ -1799,7 +1812,13 @@ mod tests {
         let mut bad = item();
         bad.qty = Qty::new(1).unwrap();
         let mut buf = Vec::new();
-        encode_record(1, &owner, Some(&Event::Created(bad)), None, &mut buf);
+        encode_record(
+            1,
+            &owner,
+            Some(&Event::Created(bad, crate::domain::Note::NONE)),
+            None,
+            &mut buf,
+        );
         // Patch the qty varint (1) to a huge value by re-encoding by hand.
         let raw = RecordV1 {
             lsn: 1,

@@ -207,7 +207,15 @@ pub fn describe_record(rec: &Record) -> String {
             if !placed.is_empty() {
                 let holds: Vec<String> = placed
                     .iter()
-                    .map(|h| format!("{}:{}x{} expires={}", h.id, h.item, h.qty.get(), h.expires_at))
+                    .map(|h| {
+                        format!(
+                            "{}:{}x{} expires={}",
+                            h.id,
+                            h.item,
+                            h.qty.get(),
+                            h.expires_at
+                        )
+                    })
                     .collect();
                 line += &format!(" reserved=[{}]", holds.join(", "));
             }
