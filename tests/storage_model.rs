@@ -1238,7 +1238,8 @@ fn golden_v4_records_are_valid_transitions() {
     for r in golden_records_v4() {
         let s = owners.entry(r.owner.clone()).or_default();
         if let Some(e) = &r.event {
-            s.check_event(e).unwrap_or_else(|err| panic!("lsn {}: {err}", r.lsn));
+            s.check_event(e)
+                .unwrap_or_else(|err| panic!("lsn {}: {err}", r.lsn));
             s.evolve_keyed(e, r.key.as_ref().map(|k| &k.key));
             s.check_invariants().unwrap();
         }
@@ -1317,10 +1318,7 @@ fn golden_v4_files_read_back_exactly() {
         (bread.qty.get(), bread.reserved.get(), bread.version),
         (10, 0, 8)
     );
-    let (history, _) = rec.owners[&dave]
-        .state
-        .history(&id(40), None, 100)
-        .unwrap();
+    let (history, _) = rec.owners[&dave].state.history(&id(40), None, 100).unwrap();
     let notes: Vec<(u64, Option<&str>, Option<&str>)> = history
         .iter()
         .map(|e| {

@@ -1777,6 +1777,49 @@ mod tests {
         for e in events {
             roundtrip(Some(e), None);
         }
+        // Version 4: notes on every event that carries one, holds in
+        // transactions.
+        use crate::domain::{Reason, Reference};
+        let note = crate::domain::Note::new(
+            Some(Reason::new("sale").unwrap()),
+            Some(Reference::new("order 7 ✓").unwrap()),
+        );
+        let only_ref = crate::domain::Note::new(None, Some(Reference::new("r").unwrap()));
+        let hold = Hold {
+            id: Uuid::from_u128(9),
+            item: Uuid::from_u128(7),
+            qty: Qty::new(2).unwrap(),
+            created_at: 1,
+            expires_at: 2,
+        };
+        let noted = [
+            Event::Created(item(), note.clone()),
+            Event::Replaced(item(), only_ref.clone()),
+            Event::QtySet {
+                change,
+                at: 5,
+                note: note.clone(),
+            },
+            Event::HoldCommitted {
+                hold: hold.id,
+                change,
+                at: 5,
+                note: only_ref,
+            },
+            Event::Transacted {
+                changes: vec![TxChange {
+                    change,
+                    note: note.clone(),
+                }],
+                placed: vec![hold],
+                committed: vec![Uuid::from_u128(10)],
+                released: vec![Uuid::from_u128(11)],
+                at: 6,
+            },
+        ];
+        for e in noted {
+            roundtrip(Some(e), None);
+        }
         let responses = [
             Ok(Outcome::Created(item())),
             Ok(Outcome::Updated(item())),
@@ -1788,6 +1831,19 @@ mod tests {
             Err(Rejection::QtyOverflow { op_index: None }),
             Err(Rejection::VersionMismatch { current: 4 }),
             Err(Rejection::ItemLimit),
+            Err(Rejection::HoldLimit { op_index: Some(2) }),
+            Err(Rejection::HoldNotFound { op_index: None }),
+            Err(Rejection::NoteConflict { op_index: Some(1) }),
+            Ok(Outcome::Transacted(
+                vec![item()],
+                vec![Hold {
+                    id: Uuid::from_u128(9),
+                    item: Uuid::from_u128(7),
+                    qty: Qty::new(1).unwrap(),
+                    created_at: 1,
+                    expires_at: 2,
+                }],
+            )),
         ];
         for response in responses {
             let key = KeyRecord {
@@ -1835,7 +1891,7 @@ mod tests {
         };
         let payload = bincode::encode_to_vec(&raw, CONFIG).unwrap();
         assert!(matches!(
-            decode_payload(&payload),
+            decode_record(&payload, 1),
             Err(CodecError::Invalid(_))
         ));
         let raw = RecordV1 {
@@ -1846,9 +1902,40 @@ mod tests {
         };
         let payload = bincode::encode_to_vec(&raw, CONFIG).unwrap();
         assert!(matches!(
-            decode_payload(&payload),
+            decode_record(&payload, 1),
             Err(CodecError::Invalid(_))
         ));
+        // A note is validated like a request's: a bad reason or reference,
+        // or a note with neither, is refused.
+        for (reason, reference) in [
+            (Some("Sale"), None),
+            (None, Some("a\nb")),
+            (Some(""), None),
+            (None, None),
+        ] {
+            let raw = RecordV4 {
+                lsn: 1,
+                owner: "a".into(),
+                event: Some(EventV4::QtySet {
+                    change: QtyVersionV1 {
+                        id: 1,
+                        qty: 1,
+                        version: 2,
+                    },
+                    at: 0,
+                    note: Some(NoteV4 {
+                        reason: reason.map(Into::into),
+                        reference: reference.map(Into::into),
+                    }),
+                }),
+                key: None,
+            };
+            let payload = bincode::encode_to_vec(&raw, CONFIG).unwrap();
+            assert!(
+                matches!(decode_payload(&payload), Err(CodecError::Invalid(_))),
+                "{reason:?} {reference:?}"
+            );
+        }
         let mut trailing = bincode::encode_to_vec(
             &RecordV1 {
                 lsn: 1,
@@ -1861,7 +1948,7 @@ mod tests {
         .unwrap();
         trailing.push(0);
         assert!(matches!(
-            decode_payload(&trailing),
+            decode_record(&trailing, 1),
             Err(CodecError::Trailing(1))
         ));
     }
