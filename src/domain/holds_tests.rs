@@ -745,3 +745,13 @@ fn check_event_refuses_transactions_that_do_not_fit() {
     let good = ev(vec![change(1)], vec![hold(60, a, 1)], vec![h.id], vec![]);
     l.s.check_event(&good).unwrap();
 }
+
+/// Goal: the memory bound the docs state for history holds: an entry is
+/// at most 88 bytes inline (DESIGN.md "Reservations, expiry and history"),
+/// of which the note is one pointer. Method: `size_of`.
+#[test]
+fn a_history_entry_stays_small() {
+    let size = std::mem::size_of::<HistoryEntry>();
+    assert!(size <= 88, "HistoryEntry is {size} bytes");
+    assert_eq!(std::mem::size_of::<Note>(), 8);
+}

@@ -395,8 +395,8 @@ mod tests {
         let bad = [
             "{}".to_string(),
             format!(r#"{{"item": "{id}"}}"#),
-            format!(r#"{{"delta": 1}}"#),
-            format!(r#"{{"reason": "sale"}}"#),
+            r#"{"delta": 1}"#.to_string(),
+            r#"{"reason": "sale"}"#.to_string(),
             format!(r#"{{"item": "{id}", "delta": 1, "reason": null}}"#),
             format!(r#"{{"item": "{id}", "delta": null}}"#),
             format!(
@@ -408,7 +408,7 @@ mod tests {
             format!(r#"{{"reserve": {{"item": "{id}", "qty": 1}}}}"#),
             format!(r#"{{"reserve": {{"item": "{id}", "qty": 1, "ttl": 1, "x": 1}}}}"#),
             format!(r#"{{"release": {{"reservation": "{id}", "reason": "sale"}}}}"#),
-            format!(r#"{{"reserve": null}}"#),
+            r#"{"reserve": null}"#.to_string(),
             format!(r#"{{"item": "{id}", "delta": 1, "op": "x"}}"#),
         ];
         for json in bad {
