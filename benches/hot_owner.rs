@@ -76,6 +76,7 @@ async fn run(fsync: FsyncPolicy, writers: usize, tx_ops: usize, items: usize, se
         let cmd = Command::Create {
             name: ItemName::new(&format!("item{i}")).unwrap(),
             qty: Qty::new(0).unwrap(),
+            note: countiq::domain::Note::NONE,
         };
         match node.registry().write(&owner, cmd, None).await {
             Ok(Written::Done {
@@ -107,13 +108,11 @@ async fn run(fsync: FsyncPolicy, writers: usize, tx_ops: usize, items: usize, se
                         id: ids[w % ids.len()],
                         delta: one,
                         if_match: None,
+                        note: countiq::domain::Note::NONE,
                     }
                 } else {
                     let ops = (0..tx_ops)
-                        .map(|i| TxOp {
-                            item: ids[(w + i) % ids.len()],
-                            delta: one,
-                        })
+                        .map(|i| TxOp::adjust(ids[(w + i) % ids.len()], one))
                         .collect();
                     Command::Transact { ops }
                 };

@@ -53,6 +53,7 @@ fn main() {
                     let cmd = Command::Create {
                         name: ItemName::new("milk").unwrap(),
                         qty: Qty::new(1).unwrap(),
+                        note: countiq::domain::Note::NONE,
                     };
                     let answer = node.registry().write(&owner, cmd, None).await;
                     assert!(

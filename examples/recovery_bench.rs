@@ -86,7 +86,14 @@ fn qty_rounds(w: &mut SegmentWriter, rounds: u64, v0: u64) {
                     qty: Qty::from_stored(r + i).expect("small qty"),
                     version: v0 + r,
                 };
-                w.push(&ow, &Event::QtySet { change, at: 2 });
+                w.push(
+                    &ow,
+                    &Event::QtySet {
+                        change,
+                        at: 2,
+                        note: countiq::domain::Note::NONE,
+                    },
+                );
             }
         }
     }
@@ -127,7 +134,10 @@ fn main() {
     for o in 0..OWNERS {
         let ow = owner(o);
         for i in 0..ITEMS_PER_OWNER {
-            w.push(&ow, &Event::Created(item(o, i)));
+            w.push(
+                &ow,
+                &Event::Created(item(o, i), countiq::domain::Note::NONE),
+            );
         }
     }
     qty_rounds(&mut w, 4, 1);

@@ -316,6 +316,7 @@ mod tests {
             let cmd = Command::Create {
                 name: ItemName::new(&format!("item-{i}")).unwrap(),
                 qty: Qty::new(1).unwrap(),
+                note: crate::domain::Note::NONE,
             };
             let answer = node.registry().write(&owner, cmd, None).await.unwrap();
             assert!(matches!(answer, Written::Done { result: Ok(_), .. }));

@@ -3,7 +3,8 @@
 //! proptest generates sequences of create (names from a small pool, so
 //! case-insensitive collisions happen), replace (with every kind of
 //! If-Match), adjust (deltas that cross both bounds), delete, transact
-//! (1-5 ops incl. missing ids), reserve (holds that may exceed what is
+//! (1-5 ops incl. missing ids: deltas, and reserve, commit and release of
+//! holds, with reasons that may conflict on one item), reserve (holds that may exceed what is
 //! available), commit and release (of open, gone and unknown holds), get
 //! and paged list; each is sent through
 //! `Node::registry().call` without HTTP, and after every step both the
@@ -56,7 +57,7 @@ enum Step {
         item: Index,
     },
     Transact {
-        ops: Vec<(Index, i64)>,
+        ops: Vec<TxStep>,
     },
     Reserve {
         item: Index,
@@ -75,6 +76,43 @@ enum Step {
         after: Option<Index>,
         limit: usize,
     },
+}
+
+/// One transaction op; the `usize` picks a reason (none, `sale`, `restock`).
+#[derive(Debug, Clone)]
+enum TxStep {
+    Adjust(Index, i64, usize),
+    Reserve(Index, i64),
+    Commit(Index, usize),
+    Release(Index),
+}
+
+const REASONS: [Option<&str>; 3] = [None, Some("sale"), Some("restock")];
+
+fn note(reason: usize) -> countiq::domain::Note {
+    let reason = REASONS[reason % REASONS.len()];
+    countiq::domain::Note::new(
+        reason.map(|r| countiq::domain::Reason::new(r).unwrap()),
+        None,
+    )
+}
+
+/// A resolved transaction op of the model.
+#[derive(Debug, Clone, Copy)]
+enum TxM {
+    Adjust(Uuid, i64, usize),
+    Reserve(Uuid, i64),
+    Commit(Uuid, usize),
+    Release(Uuid),
+}
+
+fn tx_step() -> impl Strategy<Value = TxStep> {
+    prop_oneof![
+        6 => (any::<Index>(), delta(), 0usize..3).prop_map(|(i, d, r)| TxStep::Adjust(i, d, r)),
+        2 => (any::<Index>(), 1i64..15).prop_map(|(i, q)| TxStep::Reserve(i, q)),
+        1 => (any::<Index>(), 0usize..3).prop_map(|(h, r)| TxStep::Commit(h, r)),
+        1 => any::<Index>().prop_map(TxStep::Release),
+    ]
 }
 
 /// The model of one item.
@@ -120,7 +158,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (any::<Index>(), delta(), if_match())
             .prop_map(|(item, delta, if_match)| Step::Adjust { item, delta, if_match }),
         1 => any::<Index>().prop_map(|item| Step::Delete { item }),
-        3 => proptest::collection::vec((any::<Index>(), delta()), 1..=5)
+        3 => proptest::collection::vec(tx_step(), 1..=5)
             .prop_map(|ops| Step::Transact { ops }),
         3 => (any::<Index>(), 1i64..15).prop_map(|(item, qty)| Step::Reserve { item, qty }),
         2 => any::<Index>().prop_map(|hold| Step::Commit { hold }),
@@ -217,23 +255,74 @@ fn bound(qty: i64, delta: i64, op_index: Option<u32>) -> Result<i64, Rejection> 
     }
 }
 
-/// The model's transaction: touched ids in first-appearance order, or the
-/// rejection of the first failing op. The model changes only on success.
-fn model_transact(model: &mut Model, ops: &[(Uuid, i64)]) -> Result<Vec<Uuid>, Rejection> {
+/// What a model transaction did: touched ids in first-appearance order,
+/// the holds it placed (item, qty) in op order, and the holds it removed.
+type TxDone = (Vec<Uuid>, Vec<(Uuid, i64)>, Vec<Uuid>);
+
+/// The model's transaction, or the rejection of the first failing op. The
+/// model (items and open holds) changes only on success; the placed holds'
+/// ids come from the answer, so the caller adds them.
+fn model_transact(model: &mut Model, holds: &mut Holds, ops: &[TxM]) -> Result<TxDone, Rejection> {
     let mut work = model.clone();
+    let mut open = holds.clone();
     let mut touched = Vec::new();
-    for (i, (id, delta)) in ops.iter().enumerate() {
+    let mut notes: BTreeMap<Uuid, usize> = BTreeMap::new();
+    let mut placed = Vec::new();
+    let mut removed = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
         let op_index = Some(i as u32);
-        let m = work.get_mut(id).ok_or(Rejection::NotFound { op_index })?;
-        if !touched.contains(id) {
-            touched.push(*id);
+        let hold_item = |h: &Uuid| {
+            open.get(h)
+                .map(|(item, _)| *item)
+                .ok_or(Rejection::HoldNotFound { op_index })
+        };
+        let (id, reason) = match op {
+            TxM::Adjust(id, _, r) => (*id, Some(*r)),
+            TxM::Reserve(id, _) => (*id, None),
+            TxM::Commit(h, r) => (hold_item(h)?, Some(*r)),
+            TxM::Release(h) => (hold_item(h)?, None),
+        };
+        let m = work.get_mut(&id).ok_or(Rejection::NotFound { op_index })?;
+        if !touched.contains(&id) {
+            touched.push(id);
             m.version += 1;
         }
-        let next = bound(m.qty, *delta, op_index)?;
-        m.qty = above_reserved(m, next, op_index)?;
+        if let Some(r) = reason {
+            match notes.get(&id) {
+                Some(earlier) if *earlier != r => return Err(Rejection::NoteConflict { op_index }),
+                _ => {
+                    notes.insert(id, r);
+                }
+            }
+        }
+        match op {
+            TxM::Adjust(_, delta, _) => {
+                let next = bound(m.qty, *delta, op_index)?;
+                m.qty = above_reserved(m, next, op_index)?;
+            }
+            TxM::Reserve(_, q) => {
+                if *q > m.qty - m.reserved {
+                    return Err(Rejection::InsufficientAvailable {
+                        available: (m.qty - m.reserved) as u64,
+                        op_index,
+                    });
+                }
+                m.reserved += q;
+                placed.push((id, *q));
+            }
+            TxM::Commit(h, _) | TxM::Release(h) => {
+                let (_, q) = open.remove(h).expect("checked above");
+                if matches!(op, TxM::Commit(..)) {
+                    m.qty -= q;
+                }
+                m.reserved -= q;
+                removed.push(*h);
+            }
+        }
     }
     *model = work;
-    Ok(touched)
+    *holds = open;
+    Ok((touched, placed, removed))
 }
 
 fn mismatch(step: &Step, got: impl std::fmt::Debug, want: impl std::fmt::Debug) -> TestCaseError {
@@ -289,6 +378,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let cmd = Command::Create {
                     name: ItemName::new(name).unwrap(),
                     qty: Qty::new(*qty).unwrap(),
+                    note: countiq::domain::Note::NONE,
                 };
                 let got = h.write(cmd).await;
                 if taken_by_other(&model, name, None) {
@@ -322,6 +412,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     name: ItemName::new(name).unwrap(),
                     qty: Qty::new(*qty).unwrap(),
                     if_match: precondition(if_match, version),
+                    note: countiq::domain::Note::NONE,
                 };
                 let got = h.write(cmd).await;
                 let want = match model.get(&id) {
@@ -358,6 +449,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     id,
                     delta: Delta::new(*delta).unwrap(),
                     if_match: precondition(if_match, version),
+                    note: countiq::domain::Note::NONE,
                 };
                 let got = h.write(cmd).await;
                 let want = match model.get(&id) {
@@ -398,27 +490,63 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
             }
             Step::Transact { ops } => {
-                let ops: Vec<(Uuid, i64)> = ops
+                let ops: Vec<TxM> = ops
                     .iter()
-                    .map(|(i, d)| (pick(&model, &gone, never, i), *d))
+                    .map(|op| match op {
+                        TxStep::Adjust(i, d, r) => {
+                            TxM::Adjust(pick(&model, &gone, never, i), *d, *r)
+                        }
+                        TxStep::Reserve(i, q) => TxM::Reserve(pick(&model, &gone, never, i), *q),
+                        TxStep::Commit(h, r) => {
+                            TxM::Commit(pick_hold(&open_holds, &gone_holds, never, h), *r)
+                        }
+                        TxStep::Release(h) => {
+                            TxM::Release(pick_hold(&open_holds, &gone_holds, never, h))
+                        }
+                    })
                     .collect();
                 let cmd = Command::Transact {
                     ops: ops
                         .iter()
-                        .map(|(item, d)| TxOp {
-                            item: *item,
-                            delta: Delta::new(*d).unwrap(),
+                        .map(|op| match *op {
+                            TxM::Adjust(item, d, r) => TxOp::Adjust {
+                                item,
+                                delta: Delta::new(d).unwrap(),
+                                note: note(r),
+                            },
+                            TxM::Reserve(item, q) => TxOp::Reserve {
+                                item,
+                                qty: Qty::new(q).unwrap(),
+                                ttl: HOLD_TTL_MICROS,
+                            },
+                            TxM::Commit(hold, r) => TxOp::Commit {
+                                hold,
+                                note: note(r),
+                            },
+                            TxM::Release(hold) => TxOp::Release { hold },
                         })
                         .collect(),
                 };
                 let got = h.write(cmd).await;
-                match (got, model_transact(&mut model, &ops)) {
-                    (Ok(Outcome::Transacted(items)), Ok(touched)) => {
+                match (got, model_transact(&mut model, &mut open_holds, &ops)) {
+                    (Ok(Outcome::Transacted(items, holds)), Ok((touched, placed, removed))) => {
                         let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
                         prop_assert_eq!(ids, touched);
                         for item in &items {
                             prop_assert_eq!(&as_model(item), &model[&item.id]);
                         }
+                        let got: Vec<(Uuid, i64)> =
+                            holds.iter().map(|h| (h.item, h.qty.get() as i64)).collect();
+                        prop_assert_eq!(got, placed);
+                        for hold in &holds {
+                            prop_assert!(
+                                !open_holds.contains_key(&hold.id)
+                                    && !gone_holds.contains(&hold.id),
+                                "fresh hold ids"
+                            );
+                            open_holds.insert(hold.id, (hold.item, hold.qty.get() as i64));
+                        }
+                        gone_holds.extend(removed);
                     }
                     (Err(got), Err(want)) => prop_assert_eq!(got, want),
                     (got, want) => return Err(mismatch(&step, got, want)),
@@ -458,7 +586,12 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
             Step::Commit { hold } => {
                 let rid = pick_hold(&open_holds, &gone_holds, never, hold);
-                let got = h.write(Command::CommitHold { hold: rid }).await;
+                let got = h
+                    .write(Command::CommitHold {
+                        hold: rid,
+                        note: countiq::domain::Note::NONE,
+                    })
+                    .await;
                 match (got, open_holds.remove(&rid)) {
                     (Ok(Outcome::Updated(item)), Some((id, q))) => {
                         let m = model.get_mut(&id).expect("a hold's item exists");
@@ -468,7 +601,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(&as_model(&item), &*m);
                         gone_holds.push(rid);
                     }
-                    (Err(Rejection::HoldNotFound), None) => {}
+                    (Err(Rejection::HoldNotFound { .. }), None) => {}
                     (got, want) => return Err(mismatch(&step, got, want)),
                 }
             }

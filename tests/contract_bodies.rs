@@ -7,6 +7,7 @@ mod support;
 
 use common::TestServer;
 use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
 use support::{all_items, assert_problem, id_of, Req};
 
 const QTY_MAX: i64 = countiq::domain::QTY_MAX as i64;
@@ -386,4 +387,213 @@ async fn a_refused_sequence_body_stores_no_key() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.raw);
     assert!(r.headers.get("idempotent-replayed").is_none());
+}
+
+/// Goal: a bad `reason` or `reference` on any qty-changing write is 400
+/// `invalid_body` naming the field, changes nothing and stores no key
+/// (the same key then works with a good body: not a replay, not 422).
+/// Method: each bad value on POST, PUT, PATCH, a transaction op, a commit
+/// op and the commit route; then the key check on PATCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reasons_and_references_are_refused_and_store_no_key() {
+    let s = TestServer::start().await;
+    let id = id_of(&s.create("alice", "milk", 5).await);
+    let bad: Vec<(Value, &str)> = vec![
+        (json!({"reason": ""}), "reason: "),
+        (json!({"reason": "Sale"}), "reason: "),
+        (json!({"reason": "sale now"}), "reason: "),
+        (json!({"reason": "1x"}), "reason: "),
+        (json!({"reason": "a".repeat(33)}), "reason: "),
+        (json!({"reason": null}), "invalid type: null"),
+        (json!({"reason": 7}), "invalid type"),
+        (json!({"reference": ""}), "reference: "),
+        (json!({"reference": "a\nb"}), "reference: "),
+        (json!({"reference": "\u{7f}"}), "reference: "),
+        (json!({"reference": "r".repeat(129)}), "reference: "),
+        (json!({"reference": "é".repeat(65)}), "reference: "),
+        (json!({"reference": null}), "invalid type: null"),
+    ];
+    let with = |base: Value, extra: &Value| {
+        let mut b = base;
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let hold = Req::new(Method::POST, format!("/items/{id}/reservations"), "alice")
+        .json(r#"{"qty": 1, "ttl": 600}"#)
+        .send(&s)
+        .await;
+    let rid = hold.body["id"].as_str().unwrap().to_string();
+    for (extra, detail) in &bad {
+        let op = with(json!({"item": id, "delta": 1}), extra);
+        let commit_op = with(json!({"reservation": rid}), extra);
+        let cases: Vec<(Method, String, Value, String)> = vec![
+            (
+                Method::POST,
+                "/items".into(),
+                with(json!({"name": "oat", "qty": 1}), extra),
+                String::new(),
+            ),
+            (
+                Method::PUT,
+                format!("/items/{id}"),
+                with(json!({"name": "milk", "qty": 6}), extra),
+                String::new(),
+            ),
+            (
+                Method::PATCH,
+                format!("/items/{id}/qty"),
+                with(json!({"delta": 1}), extra),
+                String::new(),
+            ),
+            (
+                Method::POST,
+                "/transactions".into(),
+                json!({"ops": [{"item": id, "delta": 1}, op]}),
+                "ops[1].".into(),
+            ),
+            (
+                Method::POST,
+                "/transactions".into(),
+                json!({"ops": [{"commit": commit_op}]}),
+                "ops[0].commit.".into(),
+            ),
+            (
+                Method::POST,
+                format!("/reservations/{rid}/commit"),
+                extra.clone(),
+                String::new(),
+            ),
+        ];
+        for (method, path, body, prefix) in cases {
+            let before = all_items(&s, "alice").await;
+            let r = Req::new(method.clone(), &path, "alice")
+                .json(&body.to_string())
+                .header("idempotency-key", "note-1")
+                .send(&s)
+                .await;
+            assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_body");
+            let text = r.body["detail"].as_str().unwrap();
+            let want = if detail.starts_with("invalid type") {
+                detail.to_string()
+            } else {
+                format!("{prefix}{detail}")
+            };
+            assert!(
+                text.contains(&want),
+                "{method} {path} {body}: {text} lacks {want:?}"
+            );
+            assert_eq!(
+                all_items(&s, "alice").await,
+                before,
+                "{method} {path} {body}"
+            );
+        }
+    }
+    // The key was never stored: it works now, first time.
+    let r = Req::new(Method::PATCH, format!("/items/{id}/qty"), "alice")
+        .json(r#"{"delta": 1, "reason": "restock", "reference": "po 1"}"#)
+        .header("idempotency-key", "note-1")
+        .send(&s)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+    assert!(r.headers.get("idempotent-replayed").is_none());
+    // Exactly at the bounds: accepted.
+    let body = json!({"delta": 0, "reason": "a".repeat(32), "reference": "é".repeat(64)});
+    let r = Req::new(Method::PATCH, format!("/items/{id}/qty"), "alice")
+        .json(&body.to_string())
+        .send(&s)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+}
+
+/// Goal: reason and reference are part of the request's fingerprint: the
+/// same key with a different reason (or a reference added) is 422, with
+/// the same ones it is a replay; a body without them keeps the
+/// fingerprint it always had. Method: PATCH and the commit route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reason_and_reference_are_in_the_idempotency_fingerprint() {
+    let s = TestServer::start().await;
+    let id = id_of(&s.create("alice", "milk", 5).await);
+    let path = format!("/items/{id}/qty");
+    let patch = |body: &'static str| {
+        Req::new(Method::PATCH, path.clone(), "alice")
+            .json(body)
+            .header("idempotency-key", "fp-1")
+    };
+    let first = patch(r#"{"delta": -1, "reason": "sale"}"#).send(&s).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.raw);
+    let again = patch(r#"{"reason": "sale", "delta": -1}"#).send(&s).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    for other in [
+        r#"{"delta": -1, "reason": "theft"}"#,
+        r#"{"delta": -1}"#,
+        r#"{"delta": -1, "reason": "sale", "reference": "o-1"}"#,
+    ] {
+        let r = patch(other).send(&s).await;
+        assert_problem(
+            &r,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+        );
+    }
+    assert_eq!(support::qty_version(&s, "alice", &id).await, (4, 2));
+    // Commit: no body and `{}` are one request; a reason makes another.
+    let mut rids = Vec::new();
+    for _ in 0..2 {
+        let r = Req::new(Method::POST, format!("/items/{id}/reservations"), "alice")
+            .json(r#"{"qty": 1, "ttl": 600}"#)
+            .send(&s)
+            .await;
+        rids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    let commit = |rid: &str, body: Option<&'static str>| {
+        let req = Req::new(Method::POST, format!("/reservations/{rid}/commit"), "alice")
+            .header("idempotency-key", format!("c-{rid}"));
+        match body {
+            Some(b) => req.json(b),
+            None => req,
+        }
+    };
+    let r = commit(&rids[0], None).send(&s).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+    let r = commit(&rids[0], Some("{}")).send(&s).await;
+    assert_eq!(r.headers["idempotent-replayed"], "true", "{}", r.raw);
+    let r = commit(&rids[0], Some(r#"{"reason": "sale"}"#))
+        .send(&s)
+        .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+    let r = commit(&rids[1], Some(r#"{"reason": "sale", "reference": "o-2"}"#))
+        .send(&s)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+    let r = commit(&rids[1], Some(r#"{"reason": "sale"}"#))
+        .send(&s)
+        .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+    // A commit body must be JSON when there is one.
+    let r = s
+        .send_raw(
+            Method::POST,
+            &format!("/reservations/{}/commit", rids[1]),
+            "alice",
+            Some("text/plain"),
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_problem(
+        &r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
 }

@@ -207,7 +207,7 @@ async fn history_pages_newest_first_and_survives_a_restart() {
     }
     let r = Req::new(Method::PATCH, format!("/items/{id}/qty"), "alice")
         .header("idempotency-key", "p-1")
-        .json(r#"{"delta": -1}"#)
+        .json(r#"{"delta": -1, "reason": "sale", "reference": "order 1042"}"#)
         .send(&s)
         .await;
     assert_eq!(r.status, StatusCode::OK);
@@ -233,7 +233,19 @@ async fn history_pages_newest_first_and_survives_a_restart() {
         (json!("adjusted"), json!(-1), json!(9))
     );
     assert_eq!(top["idempotency_key"], json!("p-1"));
+    assert_eq!(
+        (&top["reason"], &top["reference"]),
+        (&json!("sale"), &json!("order 1042"))
+    );
     assert!(page.body["entries"][1].get("idempotency_key").is_none());
+    assert_eq!(
+        (
+            &page.body["entries"][1]["reason"],
+            &page.body["entries"][1]["reference"]
+        ),
+        (&Value::Null, &Value::Null),
+        "null when the write had none"
+    );
     let cursor = page.body["next_cursor"].as_str().unwrap().to_string();
     let next = history(&s, &id, &format!("?limit=3&cursor={cursor}")).await;
     assert_eq!(versions(&next), [4, 3, 2]);
@@ -264,9 +276,27 @@ async fn history_pages_newest_first_and_survives_a_restart() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
+    // A commit may carry a reason and reference too.
+    let hold = reserve(&s, &id, 2, 600, None).await;
+    let rid = hold.body["id"].as_str().unwrap().to_string();
+    let r = Req::new(Method::POST, format!("/reservations/{rid}/commit"), "alice")
+        .json(r#"{"reason": "sale", "reference": "order 1043"}"#)
+        .send(&s)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+    let top = history(&s, &id, "?limit=1").await;
+    let e = &top.body["entries"][0];
+    assert_eq!(
+        (&e["change"], &e["reason"], &e["reference"]),
+        (&json!("committed"), &json!("sale"), &json!("order 1043"))
+    );
     let before = history(&s, &id, "").await.raw;
     let s = s.restart().await;
-    assert_eq!(history(&s, &id, "").await.raw, before);
+    assert_eq!(
+        history(&s, &id, "").await.raw,
+        before,
+        "notes survive a restart"
+    );
     // Deleting the item drops its history.
     let r = s
         .send(

@@ -804,6 +804,127 @@ async fn kill_9_with_holds_open_and_expiring_keeps_reservations_exact() {
     drop(server);
 }
 
+/// Goal: a write's reason and reference survive kill -9 with its history
+/// entry, and a hold placed by a transaction survives with it. Method: a
+/// client PATCHes -1 with `reason: sale` and a distinct reference (and
+/// every tenth write is a transaction that also reserves one unit) until
+/// kill -9 at a random moment; after the restart the item's history (its
+/// newest HISTORY_PER_ITEM_MAX entries) holds, for every acknowledged write
+/// in that window, an entry at the acknowledged version with exactly the
+/// reason and reference sent, and every acknowledged transaction hold
+/// still commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_keeps_reasons_and_references_in_history() {
+    use countiq::domain::HISTORY_PER_ITEM_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path()).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/items", server.base))
+        .bearer_auth(token("notes"))
+        .json(&json!({"name": "noted", "qty": 1_000_000, "reason": "restock"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut rng = rand::rng();
+    let mut holds: Vec<String> = Vec::new();
+    for round in 0..3u64 {
+        let (base, item, prior) = (server.base.clone(), id.clone(), holds.len());
+        let client = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            // version → reference, for every acknowledged write
+            let mut acked: Vec<(u64, String)> = Vec::new();
+            let mut holds = Vec::new();
+            for n in 0..5000u64 {
+                let reference = format!("order {round}-{n}");
+                // At most 60 holds: the item's bound is 100.
+                let tx = n % 10 == 9 && prior + holds.len() < 60;
+                let r = if tx {
+                    let ops = json!({"ops": [
+                        {"item": item, "delta": -1, "reason": "sale", "reference": reference},
+                        {"reserve": {"item": item, "qty": 1, "ttl": 3600}},
+                    ]});
+                    http.post(format!("{base}/transactions")).json(&ops)
+                } else {
+                    let body = json!({"delta": -1, "reason": "sale", "reference": reference});
+                    http.patch(format!("{base}/items/{item}/qty")).json(&body)
+                };
+                let Ok(r) = r.bearer_auth(token("notes")).send().await else {
+                    break;
+                };
+                if r.status() != StatusCode::OK {
+                    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+                    break;
+                }
+                let Ok(v) = r.json::<Value>().await else {
+                    break;
+                };
+                let version = if tx {
+                    holds.push(v["reservations"][0]["id"].as_str().unwrap().to_string());
+                    v["items"][0]["version"].as_u64().unwrap()
+                } else {
+                    v["version"].as_u64().unwrap()
+                };
+                acked.push((version, reference));
+            }
+            (acked, holds)
+        });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        stop(server, libc::SIGKILL).await;
+        let (acked, mine) = client.await.unwrap();
+        holds.extend(mine);
+        server = start(dir.path()).await;
+        let h: Value = http
+            .get(format!("{}/items/{id}/history?limit=1000", server.base))
+            .bearer_auth(token("notes"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let entries = h["entries"].as_array().unwrap();
+        assert!(entries.len() <= HISTORY_PER_ITEM_MAX);
+        let oldest = entries.last().unwrap()["version"].as_u64().unwrap();
+        let mut checked = 0;
+        for (version, reference) in acked.iter().filter(|(v, _)| *v >= oldest) {
+            let e = entries
+                .iter()
+                .find(|e| e["version"] == json!(version))
+                .unwrap_or_else(|| panic!("round {round}: acknowledged v{version} lost: {h}"));
+            assert_eq!(
+                (&e["reason"], &e["reference"]),
+                (&json!("sale"), &json!(reference)),
+                "round {round}: v{version}"
+            );
+            checked += 1;
+        }
+        assert!(
+            acked.is_empty() || checked > 0,
+            "round {round}: nothing acknowledged was checked"
+        );
+    }
+    for rid in &holds {
+        let r = http
+            .post(format!("{}/reservations/{rid}/commit", server.base))
+            .bearer_auth(token("notes"))
+            .json(&json!({"reason": "sale"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "acknowledged hold {rid} lost");
+    }
+    drop(server);
+}
+
 /// A write as owner "feed"; returns its `CountIQ-LSN` and body.
 async fn feed_write(base: &str, method: reqwest::Method, path: &str, body: Value) -> (u64, Value) {
     let r = reqwest::Client::new()

@@ -74,12 +74,13 @@ async fn live_events_are_the_owners_writes_with_their_lsns() {
         Method::PUT,
         &format!("/items/{id}"),
         Some("alice"),
-        Some(json!({"name": "oat milk", "qty": 9})),
+        Some(json!({"name": "oat milk", "qty": 9, "reason": "correction"})),
         &[],
     ))
     .await;
     expected.push((Some(lsn_of(&r)), "item.replaced".into()));
-    let ops = json!({"ops": [{"item": id, "delta": 1}, {"item": id, "delta": 1}]});
+    let op = json!({"item": id, "delta": 1, "reason": "restock", "reference": "po 7"});
+    let ops = json!({"ops": [op, op]});
     let r = s
         .send(Method::POST, "/transactions", Some("alice"), Some(ops), &[])
         .await;
@@ -103,9 +104,23 @@ async fn live_events_are_the_owners_writes_with_their_lsns() {
     assert_eq!(events[1].data["qty"], 2);
     assert_eq!(events[1].data["version"], 2);
     assert_eq!(events[2].data["item"]["qty"], 9);
+    // reason and reference ride on every qty-changing event, null when
+    // the write had none.
+    assert_eq!(
+        (&events[0].data["reason"], &events[0].data["reference"]),
+        (&json!(null), &json!(null))
+    );
+    assert_eq!(
+        (&events[2].data["reason"], &events[2].data["reference"]),
+        (&json!("correction"), &json!(null))
+    );
     assert_eq!(
         events[3].data["items"],
-        json!([{"id": id, "qty": 11, "version": 4}])
+        json!([{"id": id, "qty": 11, "version": 4, "reason": "restock", "reference": "po 7"}])
+    );
+    assert_eq!(
+        (&events[3].data["reserved"], &events[3].data["committed"]),
+        (&json!([]), &json!([]))
     );
     assert_eq!(events[4].data["id"], id);
     for e in &events {
@@ -252,6 +267,7 @@ async fn a_slow_reader_is_told_it_lagged_and_never_slows_the_owner() {
     let create = Command::Create {
         name: ItemName::new("x").unwrap(),
         qty: Qty::new(0).unwrap(),
+        note: countiq::domain::Note::NONE,
     };
     let Written::Done {
         result: Ok(countiq::domain::Outcome::Created(item)),
@@ -275,6 +291,7 @@ async fn a_slow_reader_is_told_it_lagged_and_never_slows_the_owner() {
             id: item.id,
             delta: Delta::new(1).unwrap(),
             if_match: None,
+            note: countiq::domain::Note::NONE,
         };
         match node.registry().write(&owner, cmd, None).await.unwrap() {
             Written::Done {

@@ -50,6 +50,7 @@ async fn run(op: FaultOp, nth: u64, errno: i32) {
                     id,
                     delta: Delta::new(1).unwrap(),
                     if_match: None,
+                    note: countiq::domain::Note::NONE,
                 };
                 match node.registry().write(&owner, cmd, None).await {
                     Ok(Written::Done { result: Ok(_), .. }) => {
@@ -88,6 +89,7 @@ async fn run(op: FaultOp, nth: u64, errno: i32) {
         id,
         delta: Delta::new(1).unwrap(),
         if_match: None,
+        note: countiq::domain::Note::NONE,
     };
     let later = node.registry().write(&owner, cmd, None).await;
     assert_eq!(later, Err(CallError::Unavailable));

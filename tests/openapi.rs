@@ -118,7 +118,7 @@ fn schema_bounds_are_the_constants() {
             "{body}.qty"
         );
     }
-    for (schema, field) in [("AdjustBody", "delta"), ("TxOpBody", "delta")] {
+    for (schema, field) in [("AdjustBody", "delta"), ("TxAdjustBody", "delta")] {
         let delta = &schemas[schema]["properties"][field];
         assert_eq!(
             (delta["minimum"].as_i64(), delta["maximum"].as_i64()),
@@ -130,6 +130,70 @@ fn schema_bounds_are_the_constants() {
         schemas["Item"]["properties"]["qty"]["maximum"].as_u64(),
         Some(QTY_MAX)
     );
+    // reason and reference: on every body of a qty-changing write, optional,
+    // never null, bounded by the domain's constants.
+    use countiq::domain::{HOLD_TTL_SECS_MAX, REASON_BYTES_MAX, REFERENCE_BYTES_MAX};
+    for body in [
+        "CreateBody",
+        "ReplaceBody",
+        "AdjustBody",
+        "CommitBody",
+        "TxAdjustBody",
+    ] {
+        for (field, max) in [
+            ("reason", REASON_BYTES_MAX),
+            ("reference", REFERENCE_BYTES_MAX),
+        ] {
+            let f = &schemas[body]["properties"][field];
+            assert_eq!(
+                (
+                    f["type"].as_str(),
+                    f["minLength"].as_u64(),
+                    f["maxLength"].as_u64()
+                ),
+                (Some("string"), Some(1), Some(max as u64)),
+                "{body}.{field}: {f}"
+            );
+            let required = schemas[body]["required"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                !required.contains(&Value::from(field)),
+                "{body}.{field} is optional"
+            );
+        }
+        assert_eq!(
+            schemas[body]["properties"]["reason"]["pattern"], "^[a-z][a-z0-9_.-]*$",
+            "{body}.reason"
+        );
+    }
+    for field in ["qty", "ttl"] {
+        let single = &schemas["ReserveBody"]["properties"][field];
+        let in_tx = &schemas["TxReserveBody"]["properties"][field];
+        assert_eq!(single["minimum"], 1, "{field}");
+        assert_eq!(
+            (&single["minimum"], &single["maximum"]),
+            (&in_tx["minimum"], &in_tx["maximum"]),
+            "a reserve op takes what the reservation route takes: {field}"
+        );
+    }
+    assert_eq!(
+        schemas["TxReserveBody"]["properties"]["ttl"]["maximum"].as_u64(),
+        Some(HOLD_TTL_SECS_MAX)
+    );
+    // The op is one of four object shapes, the original first.
+    let shapes = schemas["TxOpBody"]["oneOf"].as_array().expect("oneOf");
+    assert_eq!(shapes.len(), 4, "{shapes:?}");
+    let text = serde_json::to_string(shapes).unwrap();
+    for name in [
+        "TxAdjustBody",
+        "TxReserveBody",
+        "TxCommitBody",
+        "TxReleaseBody",
+    ] {
+        assert!(text.contains(name), "{name} in {text}");
+    }
     let ops = &schemas["TxBody"]["properties"]["ops"];
     assert_eq!(
         (ops["minItems"].as_u64(), ops["maxItems"].as_u64()),

@@ -59,6 +59,7 @@ async fn messages_racing_a_parking_actor_are_never_lost() {
                         id,
                         delta: Delta::new(1).unwrap(),
                         if_match: None,
+                        note: countiq::domain::Note::NONE,
                     };
                     match node.registry().write(&owner, cmd, None).await {
                         Ok(Written::Done {

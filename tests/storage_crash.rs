@@ -62,7 +62,10 @@ fn torn_tail_at_every_offset_keeps_exactly_the_complete_prefix() {
             1 << 12,
             FsyncPolicy::Always,
         );
-        let extra = Event::Created(item(99, "after restart", 1, 1, 99));
+        let extra = Event::Created(
+            item(99, "after restart", 1, 1, 99),
+            countiq::domain::Note::NONE,
+        );
         append_durable(&wal, &owner("alice"), Some(&extra), None).unwrap();
         let mut wal = wal;
         stop_wal(&mut wal).unwrap();
@@ -1094,7 +1097,10 @@ fn a_stray_prepared_file_is_removed_at_start_up_and_changes_nothing() {
     drop(rec);
 
     let mut wal = start_wal(DirDisk::new(dir.path()), 5, 4096, FsyncPolicy::Always);
-    let extra = Event::Created(item(99, "after restart", 1, 1, 99));
+    let extra = Event::Created(
+        item(99, "after restart", 1, 1, 99),
+        countiq::domain::Note::NONE,
+    );
     assert_eq!(
         append_durable(&wal, &owner("alice"), Some(&extra), None),
         Ok(5)

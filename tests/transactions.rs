@@ -302,3 +302,186 @@ fn random_transactions_match_the_model() {
         })
         .unwrap();
 }
+
+async fn tx_raw(s: &TestServer, body: Value) -> Resp {
+    Req::new(Method::POST, "/transactions", "alice")
+        .json(&body.to_string())
+        .send(s)
+        .await
+}
+
+/// Goal: a transaction reserves several items atomically with its other
+/// ops, returns the new holds in op order, and a later transaction commits
+/// and releases them (API.md "Transactions"). Method: reserve 2 of A and 3
+/// of B next to a delta on A; check the answer, the items' reserved and
+/// versions, that each hold is a real reservation (its single-item commit
+/// route knows it), then commit one and release the other in one
+/// transaction with a reason; the history shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_reserve_several_items_and_commit_or_release_them() {
+    let s = TestServer::start().await;
+    let a = id_of(&s.create("alice", "a", 10).await);
+    let b = id_of(&s.create("alice", "b", 5).await);
+    let r = tx_raw(
+        &s,
+        json!({"ops": [
+            {"reserve": {"item": a, "qty": 2, "ttl": 600}},
+            {"item": a, "delta": 1, "reason": "restock"},
+            {"reserve": {"item": b, "qty": 3, "ttl": 300}},
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+    let holds = r.body["reservations"].as_array().unwrap().clone();
+    assert_eq!(holds.len(), 2, "{}", r.raw);
+    assert_eq!(
+        (holds[0]["item_id"].as_str(), holds[0]["qty"].as_u64()),
+        (Some(&*a), Some(2))
+    );
+    assert_eq!(
+        (holds[1]["item_id"].as_str(), holds[1]["qty"].as_u64()),
+        (Some(&*b), Some(3))
+    );
+    assert_ne!(holds[0]["id"], holds[1]["id"]);
+    let items = r.body["items"].as_array().unwrap();
+    let seen: Vec<(u64, u64, u64)> = items
+        .iter()
+        .map(|i| {
+            let n = |f: &str| i[f].as_u64().unwrap();
+            (n("qty"), n("reserved"), n("version"))
+        })
+        .collect();
+    assert_eq!(seen, vec![(11, 2, 2), (5, 3, 2)]);
+    let ha = holds[0]["id"].as_str().unwrap().to_string();
+    let hb = holds[1]["id"].as_str().unwrap().to_string();
+    // The holds are ordinary reservations.
+    let r = Req::new(Method::DELETE, format!("/reservations/{hb}"), "alice")
+        .send(&s)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // Releasing it again inside a transaction refuses the transaction.
+    let before = all_items(&s, "alice").await;
+    let r = tx_raw(
+        &s,
+        json!({"ops": [
+            {"commit": {"reservation": ha}},
+            {"release": {"reservation": hb}},
+        ]}),
+    )
+    .await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "reservation_not_found");
+    assert_eq!(r.body["op_index"], 1, "{}", r.raw);
+    assert_eq!(all_items(&s, "alice").await, before, "nothing changed");
+    let r = tx_raw(
+        &s,
+        json!({"ops": [
+            {"commit": {"reservation": ha, "reason": "sale", "reference": "order-7"}},
+            {"item": b, "delta": -1, "reason": "sale", "reference": "order-7"},
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.raw);
+    assert_eq!(r.body["reservations"], json!([]));
+    assert_eq!(r.body["items"][0]["qty"], 9);
+    assert_eq!(r.body["items"][0]["reserved"], 0);
+    let h = Req::new(Method::GET, format!("/items/{a}/history?limit=1"), "alice")
+        .send(&s)
+        .await;
+    let e = &h.body["entries"][0];
+    assert_eq!(
+        (&e["change"], &e["delta"], &e["reason"], &e["reference"]),
+        (
+            &json!("transacted"),
+            &json!(-2),
+            &json!("sale"),
+            &json!("order-7")
+        ),
+        "{}",
+        h.raw
+    );
+}
+
+/// Goal: every refusal of a hold op refuses the whole transaction with its
+/// op index, and nothing changes (items, reserved, holds). Method: one
+/// failing op of each kind after ops that alone would succeed; then the
+/// op-shape and value errors (400 `invalid_body`, naming the op).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_op_refusals_name_the_op_and_change_nothing() {
+    let s = TestServer::start().await;
+    let a = id_of(&s.create("alice", "a", 3).await);
+    let b = id_of(&s.create("alice", "b", 3).await);
+    let missing = "01900000-0000-7000-8000-000000000000";
+    let cases = [
+        (
+            json!([{"reserve": {"item": a, "qty": 2, "ttl": 60}}, {"reserve": {"item": a, "qty": 2, "ttl": 60}}]),
+            StatusCode::CONFLICT,
+            "insufficient_available",
+            1,
+        ),
+        (
+            json!([{"item": b, "delta": 1}, {"reserve": {"item": missing, "qty": 1, "ttl": 60}}]),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            1,
+        ),
+        (
+            json!([{"item": b, "delta": 1}, {"item": b, "delta": 1}, {"commit": {"reservation": missing}}]),
+            StatusCode::NOT_FOUND,
+            "reservation_not_found",
+            2,
+        ),
+        (
+            json!([{"item": b, "delta": 1, "reason": "sale"}, {"item": b, "delta": 1, "reason": "restock"}]),
+            StatusCode::BAD_REQUEST,
+            "conflicting_notes",
+            1,
+        ),
+        (
+            json!([{"reserve": {"item": b, "qty": 3, "ttl": 60}}, {"item": b, "delta": -1}]),
+            StatusCode::CONFLICT,
+            "insufficient_available",
+            1,
+        ),
+    ];
+    for (ops, status, code, index) in cases {
+        let before = all_items(&s, "alice").await;
+        let r = tx_raw(&s, json!({ "ops": ops })).await;
+        assert_problem(&r, status, code);
+        assert_eq!(r.body["op_index"], index, "{ops}: {}", r.raw);
+        assert_eq!(all_items(&s, "alice").await, before, "{ops} changed state");
+    }
+    let shape = [
+        (
+            json!([{"reserve": {"item": a, "qty": 0, "ttl": 60}}]),
+            "ops[0].reserve.qty",
+        ),
+        (
+            json!([{"reserve": {"item": a, "qty": 1, "ttl": 0}}]),
+            "ops[0].reserve.ttl",
+        ),
+        (
+            json!([{"item": a, "delta": 1}, {"reserve": {"item": a, "qty": 1, "ttl": 86401}}]),
+            "ops[1].reserve.ttl",
+        ),
+        (
+            json!([{"item": a, "delta": 1, "reserve": {"item": a, "qty": 1, "ttl": 1}}]),
+            "exactly one of",
+        ),
+        (
+            json!([{"release": {"reservation": missing, "reason": "x"}}]),
+            "unknown field",
+        ),
+        (json!([{"kind": "reserve"}]), "unknown field"),
+    ];
+    for (ops, detail) in shape {
+        let before = all_items(&s, "alice").await;
+        let r = tx_raw(&s, json!({ "ops": ops })).await;
+        assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_body");
+        assert!(
+            r.body["detail"].as_str().unwrap().contains(detail),
+            "{ops}: {}",
+            r.raw
+        );
+        assert_eq!(all_items(&s, "alice").await, before);
+    }
+}

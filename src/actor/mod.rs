@@ -33,7 +33,7 @@ use crate::domain::idempotency::{
     Fingerprint, IdemKey, KeyTable, Lookup, StoredResponse, KEY_SWEEP_PER_WRITE,
 };
 use crate::domain::{
-    Command, Ctx, HistoryEntry, Item, KeyStamp, Micros, OwnerExtra, OwnerId, OwnerState,
+    Command, Ctx, HistoryEntry, Item, KeyStamp, Micros, OwnerExtra, OwnerId, OwnerState, TxOp,
 };
 use crate::storage::codec::encode_record;
 use crate::storage::pipeline::{Failed, Waiter};
@@ -215,7 +215,7 @@ fn describe_transition(cmd: &Command, result: &StoredResponse) -> (String, Strin
         }
         (Command::Transact { ops }, _) => format!("{} ops", ops.len()),
         (Command::Reserve { item, .. }, _) => item.to_string(),
-        (Command::CommitHold { hold } | Command::ReleaseHold { hold }, _) => {
+        (Command::CommitHold { hold, .. } | Command::ReleaseHold { hold }, _) => {
             format!("hold {hold}")
         }
         (Command::Create { .. } | Command::ExpireHolds, _) => "-".into(),
@@ -574,8 +574,14 @@ impl OwnerActor {
                 return self.respond(Reply::Write(tx, answer));
             }
         }
-        let new_id = match cmd {
+        let new_id = match &cmd {
             Command::Create { .. } | Command::Reserve { .. } => Uuid::now_v7(),
+            // The base of the transaction's hold ids (`tx_hold_id`).
+            Command::Transact { ops }
+                if ops.iter().any(|op| matches!(op, TxOp::Reserve { .. })) =>
+            {
+                Uuid::now_v7()
+            }
             _ => Uuid::nil(),
         };
         let ttl_micros = self.shared.config.key_ttl.as_micros() as Micros;

@@ -380,6 +380,7 @@ mod tests {
                     let cmd = Command::Create {
                         name: ItemName::new(&format!("item-{i}")).unwrap(),
                         qty: Qty::new(i).unwrap(),
+                        note: crate::domain::Note::NONE,
                     };
                     registry.write(&owner, cmd, None).await
                 })

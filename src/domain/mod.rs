@@ -17,7 +17,7 @@ mod holds;
 pub mod idempotency;
 mod types;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 pub use holds::*;
 
@@ -69,11 +69,53 @@ impl Precondition {
     }
 }
 
-/// One op of a transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TxOp {
-    pub item: Uuid,
-    pub delta: Delta,
+/// One op of a transaction. Ops are applied in order against a working
+/// copy; each sees the ones before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxOp {
+    /// Add `delta` to the item's qty.
+    Adjust {
+        item: Uuid,
+        delta: Delta,
+        note: Note,
+    },
+    /// Hold `qty` (≥ 1) units of `item` for `ttl` µs, as `Command::Reserve`
+    /// does; the n-th reserve op's hold id is `tx_hold_id(Ctx::new_id, n)`.
+    Reserve { item: Uuid, qty: Qty, ttl: Micros },
+    /// Commit an open hold, as `Command::CommitHold` does.
+    Commit { hold: Uuid, note: Note },
+    /// Release an open hold. Unlike `Command::ReleaseHold`, a hold that is
+    /// not open refuses the transaction (the client asked for a change it
+    /// cannot get atomically).
+    Release { hold: Uuid },
+}
+
+impl TxOp {
+    /// A plain `{item, delta}` op without a note.
+    pub fn adjust(item: Uuid, delta: Delta) -> TxOp {
+        TxOp::Adjust {
+            item,
+            delta,
+            note: Note::NONE,
+        }
+    }
+
+    /// The note of an op that changes qty (adjust, commit).
+    fn note(&self) -> Option<&Note> {
+        match self {
+            TxOp::Adjust { note, .. } | TxOp::Commit { note, .. } => Some(note),
+            TxOp::Reserve { .. } | TxOp::Release { .. } => None,
+        }
+    }
+}
+
+/// The id of the `n`-th hold a transaction places (0-based, in op order):
+/// the actor's fresh UUID v7 with `n` xor-ed into its random low bits, so a
+/// transaction needs one fresh id however many holds it places, and the
+/// ids are fixed in its event.
+pub fn tx_hold_id(base: Uuid, n: usize) -> Uuid {
+    assert!(n < TX_OPS_MAX, "at most TX_OPS_MAX holds per transaction");
+    Uuid::from_u128(base.as_u128() ^ n as u128)
 }
 
 /// A request to change the state. Inputs are already valid values; what is
@@ -83,17 +125,20 @@ pub enum Command {
     Create {
         name: ItemName,
         qty: Qty,
+        note: Note,
     },
     Replace {
         id: Uuid,
         name: ItemName,
         qty: Qty,
         if_match: Option<Precondition>,
+        note: Note,
     },
     Adjust {
         id: Uuid,
         delta: Delta,
         if_match: Option<Precondition>,
+        note: Note,
     },
     Delete {
         id: Uuid,
@@ -112,6 +157,7 @@ pub enum Command {
     /// Turn a hold into a decrease: qty and reserved both fall by its qty.
     CommitHold {
         hold: Uuid,
+        note: Note,
     },
     /// Drop a hold (accepted without an event when it is already gone).
     ReleaseHold {
@@ -126,9 +172,10 @@ pub enum Command {
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx {
     pub now: Micros,
-    /// The id a `Create` gets (UUID v7 from the actor). Other commands
-    /// ignore it, so the actor passes the nil id for them and skips
-    /// generating one.
+    /// The id a `Create` or `Reserve` gets (UUID v7 from the actor), and
+    /// the base of the hold ids of a transaction with reserve ops
+    /// (`tx_hold_id`). Other commands ignore it, so the actor passes the
+    /// nil id for them and skips generating one.
     pub new_id: Uuid,
 }
 
@@ -140,23 +187,49 @@ pub struct QtyVersion {
     pub version: u64,
 }
 
+/// One item's net change in a transaction, with the note of its
+/// qty-changing ops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxChange {
+    pub change: QtyVersion,
+    pub note: Note,
+}
+
+impl From<QtyVersion> for TxChange {
+    /// A change without a note.
+    fn from(change: QtyVersion) -> Self {
+        TxChange {
+            change,
+            note: Note::NONE,
+        }
+    }
+}
+
 /// The facts of an accepted transition. Every value is final, so replaying an
-/// event needs no clock, no randomness and no checks.
+/// event needs no clock, no randomness and no checks. The `Note` of a
+/// qty-changing event is the request's reason and reference; it goes into
+/// the items' history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Created(Item),
-    Replaced(Item),
+    Created(Item, Note),
+    Replaced(Item, Note),
     QtySet {
         change: QtyVersion,
         at: Micros,
+        note: Note,
     },
     Deleted {
         id: Uuid,
     },
     /// A transaction's net effect: each touched item once, in order of first
-    /// appearance, each with version + 1.
+    /// appearance, each with version + 1 (its qty after; its reserved
+    /// follows from the holds); the holds it placed (in op order), committed
+    /// (their qty left the item's qty and reserved) and released.
     Transacted {
-        changes: Vec<QtyVersion>,
+        changes: Vec<TxChange>,
+        placed: Vec<Hold>,
+        committed: Vec<Uuid>,
+        released: Vec<Uuid>,
         at: Micros,
     },
     /// A hold was placed; its item is at `version` (reserved grew by
@@ -171,6 +244,7 @@ pub enum Event {
         hold: Uuid,
         change: QtyVersion,
         at: Micros,
+        note: Note,
     },
     /// A hold was released by the client; its item is at `version`.
     HoldReleased {
@@ -193,7 +267,9 @@ pub enum Outcome {
     Created(Item),
     Updated(Item),
     Deleted,
-    Transacted(Vec<Item>),
+    /// Each touched item once (order of first appearance), and the holds
+    /// the transaction placed, in op order.
+    Transacted(Vec<Item>, Vec<Hold>),
     /// A new hold, and its item after it.
     Reserved(Hold, Item),
 }
@@ -244,9 +320,11 @@ pub enum Rejection {
         op_index: Option<u32>,
     },
     #[error("too many open reservations (at most {HOLDS_PER_ITEM_MAX} per item and {HOLDS_PER_OWNER_MAX} per owner)")]
-    HoldLimit,
+    HoldLimit { op_index: Option<u32> },
     #[error("reservation not found")]
-    HoldNotFound,
+    HoldNotFound { op_index: Option<u32> },
+    #[error("the ops that change one item's qty in a transaction must carry the same reason and reference")]
+    NoteConflict { op_index: Option<u32> },
 }
 
 /// One owner's namespace: its items, the indexes that keep names unique and
@@ -305,21 +383,25 @@ impl OwnerState {
     /// Decide a command against the current state. Pure: `&self`.
     pub fn decide(&self, cmd: &Command, ctx: Ctx) -> Result<Option<Event>, Rejection> {
         match cmd {
-            Command::Create { name, qty } => self.decide_create(name, *qty, ctx).map(Some),
+            Command::Create { name, qty, note } => {
+                self.decide_create(name, *qty, note, ctx).map(Some)
+            }
             Command::Replace {
                 id,
                 name,
                 qty,
                 if_match,
+                note,
             } => self
-                .decide_replace(*id, name, *qty, if_match.as_ref(), ctx)
+                .decide_replace(*id, name, *qty, if_match.as_ref(), note, ctx)
                 .map(Some),
             Command::Adjust {
                 id,
                 delta,
                 if_match,
+                note,
             } => self
-                .decide_adjust(*id, *delta, if_match.as_ref(), ctx)
+                .decide_adjust(*id, *delta, if_match.as_ref(), note, ctx)
                 .map(Some),
             Command::Delete { id } => Ok(self
                 .items
@@ -329,7 +411,7 @@ impl OwnerState {
             Command::Reserve { item, qty, ttl } => {
                 self.decide_reserve(*item, *qty, *ttl, ctx).map(Some)
             }
-            Command::CommitHold { hold } => self.decide_commit(*hold, ctx).map(Some),
+            Command::CommitHold { hold, note } => self.decide_commit(*hold, note, ctx).map(Some),
             Command::ReleaseHold { hold } => {
                 Ok(self.holds.get(hold).map(|h| Event::HoldReleased {
                     hold: *hold,
@@ -356,7 +438,7 @@ impl OwnerState {
             });
         }
         if self.holds.len() >= HOLDS_PER_OWNER_MAX || self.holds_of(id) >= HOLDS_PER_ITEM_MAX {
-            return Err(Rejection::HoldLimit);
+            return Err(Rejection::HoldLimit { op_index: None });
         }
         assert!(
             !self.holds.contains_key(&ctx.new_id),
@@ -374,8 +456,11 @@ impl OwnerState {
         })
     }
 
-    fn decide_commit(&self, hold: Uuid, ctx: Ctx) -> Result<Event, Rejection> {
-        let h = self.holds.get(&hold).ok_or(Rejection::HoldNotFound)?;
+    fn decide_commit(&self, hold: Uuid, note: &Note, ctx: Ctx) -> Result<Event, Rejection> {
+        let h = self
+            .holds
+            .get(&hold)
+            .ok_or(Rejection::HoldNotFound { op_index: None })?;
         let item = &self.items[&h.item];
         let change = QtyVersion {
             id: item.id,
@@ -386,6 +471,7 @@ impl OwnerState {
             hold,
             change,
             at: ctx.now,
+            note: note.clone(),
         })
     }
 
@@ -443,7 +529,13 @@ impl OwnerState {
         Some((page, more))
     }
 
-    fn decide_create(&self, name: &ItemName, qty: Qty, ctx: Ctx) -> Result<Event, Rejection> {
+    fn decide_create(
+        &self,
+        name: &ItemName,
+        qty: Qty,
+        note: &Note,
+        ctx: Ctx,
+    ) -> Result<Event, Rejection> {
         if self.names.contains_key(&name.unique_key()) {
             return Err(Rejection::NameTaken);
         }
@@ -454,7 +546,7 @@ impl OwnerState {
             !self.items.contains_key(&ctx.new_id),
             "the actor must supply a fresh id"
         );
-        Ok(Event::Created(Item {
+        let item = Item {
             id: ctx.new_id,
             name: name.clone(),
             qty,
@@ -462,7 +554,8 @@ impl OwnerState {
             version: 1,
             created_at: ctx.now,
             updated_at: ctx.now,
-        }))
+        };
+        Ok(Event::Created(item, note.clone()))
     }
 
     fn decide_replace(
@@ -471,6 +564,7 @@ impl OwnerState {
         name: &ItemName,
         qty: Qty,
         if_match: Option<&Precondition>,
+        note: &Note,
         ctx: Ctx,
     ) -> Result<Event, Rejection> {
         let item = self.existing(id, if_match)?;
@@ -480,7 +574,7 @@ impl OwnerState {
             }
         }
         check_reserved(item, qty, None)?;
-        Ok(Event::Replaced(Item {
+        let replaced = Item {
             id,
             name: name.clone(),
             qty,
@@ -488,7 +582,8 @@ impl OwnerState {
             version: item.version + 1,
             created_at: item.created_at,
             updated_at: ctx.now,
-        }))
+        };
+        Ok(Event::Replaced(replaced, note.clone()))
     }
 
     fn decide_adjust(
@@ -496,6 +591,7 @@ impl OwnerState {
         id: Uuid,
         delta: Delta,
         if_match: Option<&Precondition>,
+        note: &Note,
         ctx: Ctx,
     ) -> Result<Event, Rejection> {
         let item = self.existing(id, if_match)?;
@@ -512,6 +608,7 @@ impl OwnerState {
         Ok(Event::QtySet {
             change,
             at: ctx.now,
+            note: note.clone(),
         })
     }
 
@@ -520,45 +617,138 @@ impl OwnerState {
             (1..=TX_OPS_MAX).contains(&ops.len()),
             "transport bounds the op count before the domain sees it"
         );
-        // Working copy of the touched items, in order of first appearance;
-        // the state itself is not touched until every op has passed.
-        let mut changes: Vec<QtyVersion> = Vec::new();
+        // Working copy of the touched items, in order of first appearance,
+        // and of the holds; the state itself is not touched until every op
+        // has passed. Every op keeps `qty >= reserved` of its item.
+        struct Work {
+            change: QtyVersion,
+            reserved: u64,
+            holds: usize,
+            note: Option<Note>,
+        }
+        let mut work: Vec<Work> = Vec::new();
         let mut slot_of: HashMap<Uuid, usize> = HashMap::new();
+        let mut placed: Vec<Hold> = Vec::new();
+        let mut committed: Vec<Uuid> = Vec::new();
+        let mut released: Vec<Uuid> = Vec::new();
+        let mut gone: HashSet<Uuid> = HashSet::new();
+        let mut owner_holds = self.holds.len();
         for (index, op) in ops.iter().enumerate() {
             let op_index = Some(index as u32);
-            let slot = match slot_of.get(&op.item) {
+            // The open hold an op names: open before the transaction and
+            // not committed or released by an earlier op.
+            let open_hold = |hold: &Uuid, gone: &HashSet<Uuid>| {
+                self.holds
+                    .get(hold)
+                    .filter(|_| !gone.contains(hold))
+                    .copied()
+                    .ok_or(Rejection::HoldNotFound { op_index })
+            };
+            let item = match op {
+                TxOp::Adjust { item, .. } | TxOp::Reserve { item, .. } => *item,
+                TxOp::Commit { hold, .. } | TxOp::Release { hold } => open_hold(hold, &gone)?.item,
+            };
+            let slot = match slot_of.get(&item) {
                 Some(&slot) => slot,
                 None => {
-                    let item = self
+                    let found = self
                         .items
-                        .get(&op.item)
+                        .get(&item)
                         .ok_or(Rejection::NotFound { op_index })?;
-                    changes.push(QtyVersion {
-                        id: item.id,
-                        qty: item.qty,
-                        version: item.version + 1,
+                    work.push(Work {
+                        change: QtyVersion {
+                            id: found.id,
+                            qty: found.qty,
+                            version: found.version + 1,
+                        },
+                        reserved: found.reserved.get(),
+                        holds: self.holds_of(item),
+                        note: None,
                     });
-                    slot_of.insert(op.item, changes.len() - 1);
-                    changes.len() - 1
+                    slot_of.insert(item, work.len() - 1);
+                    work.len() - 1
                 }
             };
-            let change = &mut changes[slot];
-            let next = change
-                .qty
-                .apply(op.delta)
-                .map_err(|b| bound_rejection(b, op_index))?;
-            let reserved = self.items[&op.item].reserved;
-            if next < reserved {
-                // What this op found available: earlier ops count.
-                return Err(Rejection::InsufficientAvailable {
-                    available: change.qty.get() - reserved.get(),
-                    op_index,
-                });
+            let w = &mut work[slot];
+            if let Some(note) = op.note() {
+                match &w.note {
+                    Some(earlier) if earlier != note => {
+                        return Err(Rejection::NoteConflict { op_index })
+                    }
+                    _ => w.note = Some(note.clone()),
+                }
             }
-            change.qty = next;
+            let available = w.change.qty.get() - w.reserved;
+            match op {
+                TxOp::Adjust { delta, .. } => {
+                    let next = w
+                        .change
+                        .qty
+                        .apply(*delta)
+                        .map_err(|b| bound_rejection(b, op_index))?;
+                    if next.get() < w.reserved {
+                        // What this op found available: earlier ops count.
+                        return Err(Rejection::InsufficientAvailable {
+                            available,
+                            op_index,
+                        });
+                    }
+                    w.change.qty = next;
+                }
+                TxOp::Reserve { qty, ttl, .. } => {
+                    if qty.get() > available {
+                        return Err(Rejection::InsufficientAvailable {
+                            available,
+                            op_index,
+                        });
+                    }
+                    if owner_holds >= HOLDS_PER_OWNER_MAX || w.holds >= HOLDS_PER_ITEM_MAX {
+                        return Err(Rejection::HoldLimit { op_index });
+                    }
+                    let id = tx_hold_id(ctx.new_id, placed.len());
+                    assert!(
+                        !self.holds.contains_key(&id),
+                        "the actor must supply a fresh hold id"
+                    );
+                    w.reserved += qty.get();
+                    w.holds += 1;
+                    owner_holds += 1;
+                    placed.push(Hold {
+                        id,
+                        item,
+                        qty: *qty,
+                        created_at: ctx.now,
+                        expires_at: ctx.now.saturating_add(*ttl),
+                    });
+                }
+                TxOp::Commit { hold, .. } | TxOp::Release { hold } => {
+                    let h = open_hold(hold, &gone)?;
+                    w.reserved -= h.qty.get();
+                    w.holds -= 1;
+                    owner_holds -= 1;
+                    gone.insert(*hold);
+                    if matches!(op, TxOp::Commit { .. }) {
+                        w.change.qty = Qty::from_stored(w.change.qty.get() - h.qty.get())
+                            .expect("a hold is within its item's qty");
+                        committed.push(*hold);
+                    } else {
+                        released.push(*hold);
+                    }
+                }
+            }
         }
+        let changes = work
+            .into_iter()
+            .map(|w| TxChange {
+                change: w.change,
+                note: w.note.unwrap_or_default(),
+            })
+            .collect();
         Ok(Event::Transacted {
             changes,
+            placed,
+            committed,
+            released,
             at: ctx.now,
         })
     }
@@ -586,7 +776,7 @@ impl OwnerState {
     /// transaction touches each item once.
     pub fn check_event(&self, event: &Event) -> Result<(), String> {
         match event {
-            Event::Created(item) => {
+            Event::Created(item, _) => {
                 if self.items.contains_key(&item.id) {
                     return Err(format!("created item {} already exists", item.id));
                 }
@@ -601,7 +791,7 @@ impl OwnerState {
                 }
                 Ok(())
             }
-            Event::Replaced(item) => {
+            Event::Replaced(item, _) => {
                 let old = self.existing_for_event(&item.id)?;
                 check_next_version(old, item.version)?;
                 if item.reserved != old.reserved || item.qty < item.reserved {
@@ -619,16 +809,13 @@ impl OwnerState {
             }
             Event::QtySet { change, .. } => self.check_change(change),
             Event::Deleted { id } => self.existing_for_event(id).map(|_| ()),
-            Event::Transacted { changes, .. } => {
-                let mut seen = BTreeSet::new();
-                for change in changes {
-                    if !seen.insert(change.id) {
-                        return Err(format!("transaction changes item {} twice", change.id));
-                    }
-                    self.check_change(change)?;
-                }
-                Ok(())
-            }
+            Event::Transacted {
+                changes,
+                placed,
+                committed,
+                released,
+                ..
+            } => self.check_transacted(changes, placed, committed, released),
             Event::Reserved { hold, version } => {
                 let item = self.existing_for_event(&hold.item)?;
                 check_next_version(item, *version)?;
@@ -666,6 +853,68 @@ impl OwnerState {
         }
     }
 
+    /// `check_event` of a transaction: each item once and at its next
+    /// version; each hold it removes open, once; each hold it places fresh;
+    /// every item a hold touches is among the changes; afterwards each
+    /// item's reserved fits its qty and the hold bounds hold.
+    fn check_transacted(
+        &self,
+        changes: &[TxChange],
+        placed: &[Hold],
+        committed: &[Uuid],
+        released: &[Uuid],
+    ) -> Result<(), String> {
+        // item → (qty after, reserved after, holds after)
+        let mut after: HashMap<Uuid, (u64, u64, usize)> = HashMap::new();
+        for TxChange { change, .. } in changes {
+            let item = self.existing_for_event(&change.id)?;
+            check_next_version(item, change.version)?;
+            let entry = (
+                change.qty.get(),
+                item.reserved.get(),
+                self.holds_of(item.id),
+            );
+            if after.insert(change.id, entry).is_some() {
+                return Err(format!("transaction changes item {} twice", change.id));
+            }
+        }
+        let mut removed = HashSet::new();
+        for hold in committed.iter().chain(released) {
+            let h = self.hold_for_event(hold)?;
+            let Some(a) = after.get_mut(&h.item).filter(|_| removed.insert(*hold)) else {
+                return Err(format!(
+                    "transaction removes hold {hold} twice or not its item"
+                ));
+            };
+            a.1 -= h.qty.get();
+            a.2 -= 1;
+        }
+        let mut fresh = HashSet::new();
+        for hold in placed {
+            let Some(a) = after.get_mut(&hold.item) else {
+                return Err(format!(
+                    "hold {} of an item the transaction does not change",
+                    hold.id
+                ));
+            };
+            if self.holds.contains_key(&hold.id) || !fresh.insert(hold.id) || hold.qty == Qty::ZERO
+            {
+                return Err(format!("hold {} is not fresh or holds nothing", hold.id));
+            }
+            a.1 += hold.qty.get();
+            a.2 += 1;
+        }
+        if self.holds.len() - removed.len() + placed.len() > HOLDS_PER_OWNER_MAX {
+            return Err("transaction exceeds HOLDS_PER_OWNER_MAX".into());
+        }
+        for (id, (qty, reserved, holds)) in &after {
+            if reserved > qty || *holds > HOLDS_PER_ITEM_MAX {
+                return Err(format!("item {id} would hold more than its qty or bound"));
+            }
+        }
+        Ok(())
+    }
+
     fn check_change(&self, change: &QtyVersion) -> Result<(), String> {
         let item = self.existing_for_event(&change.id)?;
         check_next_version(item, change.version)?;
@@ -701,16 +950,16 @@ impl OwnerState {
     /// goes into the items' history). Live and replay both pass it.
     pub fn evolve_keyed(&mut self, event: &Event, key: Option<&idempotency::IdemKey>) {
         match event {
-            Event::Created(item) => {
+            Event::Created(item, note) => {
                 let clash = self.names.insert(item.name.unique_key(), item.id);
                 assert!(clash.is_none(), "created item's name must be free");
                 self.order.insert(item.id);
                 let old = self.items.insert(item.id, item.clone());
                 assert!(old.is_none(), "created item's id must be fresh");
                 let delta = item.qty.get() as i64;
-                self.record(item.id, Change::Created, delta, item.created_at, key);
+                self.record(item.id, Change::Created, delta, item.created_at, key, note);
             }
-            Event::Replaced(item) => {
+            Event::Replaced(item, note) => {
                 let old = self.items.get_mut(&item.id).expect("replaced item exists");
                 let delta = item.qty.get() as i64 - old.qty.get() as i64;
                 if old.name != item.name {
@@ -718,11 +967,11 @@ impl OwnerState {
                     self.names.insert(item.name.unique_key(), item.id);
                 }
                 *old = item.clone();
-                self.record(item.id, Change::Replaced, delta, item.updated_at, key);
+                self.record(item.id, Change::Replaced, delta, item.updated_at, key, note);
             }
-            Event::QtySet { change, at } => {
+            Event::QtySet { change, at, note } => {
                 let delta = self.set_qty(change, *at);
-                self.record(change.id, Change::Adjusted, delta, *at, key);
+                self.record(change.id, Change::Adjusted, delta, *at, key, note);
             }
             Event::Deleted { id } => {
                 let old = self.items.remove(id).expect("deleted item exists");
@@ -738,10 +987,30 @@ impl OwnerState {
                     self.remove_hold(&hold);
                 }
             }
-            Event::Transacted { changes, at } => {
-                for change in changes {
+            Event::Transacted {
+                changes,
+                placed,
+                committed,
+                released,
+                at,
+            } => {
+                // Holds first (reserved moves), then each item's qty and
+                // version, where qty >= reserved is asserted again.
+                for hold in committed.iter().chain(released) {
+                    self.remove_hold(hold);
+                }
+                for hold in placed {
+                    let item = self.items.get_mut(&hold.item).expect("held item exists");
+                    item.reserved = Qty::from_stored(item.reserved.get() + hold.qty.get())
+                        .expect("reserved stays within the qty range");
+                    let old = self.holds.insert(hold.id, *hold);
+                    assert!(old.is_none(), "a hold's id must be fresh");
+                    self.hold_expiry.insert((hold.expires_at, hold.id));
+                    self.holds_by_item.insert((hold.item, hold.id));
+                }
+                for TxChange { change, note } in changes {
                     let delta = self.set_qty(change, *at);
-                    self.record(change.id, Change::Transacted, delta, *at, key);
+                    self.record(change.id, Change::Transacted, delta, *at, key, note);
                 }
             }
             Event::Reserved { hold, version } => {
@@ -757,9 +1026,14 @@ impl OwnerState {
                 self.hold_expiry.insert((hold.expires_at, hold.id));
                 self.holds_by_item.insert((hold.item, hold.id));
                 let change = Change::Reserved { hold: hold.id };
-                self.record(hold.item, change, 0, hold.created_at, key);
+                self.record(hold.item, change, 0, hold.created_at, key, &Note::NONE);
             }
-            Event::HoldCommitted { hold, change, at } => {
+            Event::HoldCommitted {
+                hold,
+                change,
+                at,
+                note,
+            } => {
                 let h = self.remove_hold(hold);
                 let item = self.items.get_mut(&h.item).expect("held item exists");
                 assert_eq!(item.version + 1, change.version, "versions advance by one");
@@ -768,7 +1042,8 @@ impl OwnerState {
                 item.version = change.version;
                 item.updated_at = *at;
                 let delta = -(h.qty.get() as i64);
-                self.record(h.item, Change::Committed { hold: *hold }, delta, *at, key);
+                let committed = Change::Committed { hold: *hold };
+                self.record(h.item, committed, delta, *at, key, note);
             }
             Event::HoldReleased { hold, version, at } => {
                 let h = self.remove_hold(hold);
@@ -776,7 +1051,8 @@ impl OwnerState {
                 assert_eq!(item.version + 1, *version, "versions advance by one");
                 item.version = *version;
                 item.updated_at = *at;
-                self.record(h.item, Change::Released { hold: *hold }, 0, *at, key);
+                let released = Change::Released { hold: *hold };
+                self.record(h.item, released, 0, *at, key, &Note::NONE);
             }
             Event::HoldsExpired { holds, at } => {
                 for hold in holds {
@@ -785,7 +1061,8 @@ impl OwnerState {
                     let item = self.items.get_mut(&h.item).expect("held item exists");
                     item.version += 1;
                     item.updated_at = *at;
-                    self.record(h.item, Change::Expired { hold: *hold }, 0, *at, None);
+                    let expired = Change::Expired { hold: *hold };
+                    self.record(h.item, expired, 0, *at, None, &Note::NONE);
                 }
             }
         }
@@ -813,6 +1090,7 @@ impl OwnerState {
         delta: i64,
         at: Micros,
         key: Option<&idempotency::IdemKey>,
+        note: &Note,
     ) {
         let item = &self.items[&id];
         let entry = HistoryEntry {
@@ -823,6 +1101,7 @@ impl OwnerState {
             reserved: item.reserved,
             delta,
             key: key.cloned(),
+            note: note.clone(),
         };
         let entries = self.history.entry(id).or_default();
         if entries.len() >= HISTORY_PER_ITEM_MAX {
@@ -884,12 +1163,18 @@ impl OwnerState {
                 .clone()
         };
         match (cmd, event) {
-            (_, Some(Event::Created(created))) => Outcome::Created(created.clone()),
-            (_, Some(Event::Replaced(replaced))) => Outcome::Updated(replaced.clone()),
+            (_, Some(Event::Created(created, _))) => Outcome::Created(created.clone()),
+            (_, Some(Event::Replaced(replaced, _))) => Outcome::Updated(replaced.clone()),
             (_, Some(Event::QtySet { change, .. })) => Outcome::Updated(item(&change.id)),
-            (_, Some(Event::Transacted { changes, .. })) => {
-                Outcome::Transacted(changes.iter().map(|c| item(&c.id)).collect())
-            }
+            (
+                _,
+                Some(Event::Transacted {
+                    changes, placed, ..
+                }),
+            ) => Outcome::Transacted(
+                changes.iter().map(|c| item(&c.change.id)).collect(),
+                placed.clone(),
+            ),
             (_, Some(Event::Reserved { hold, .. })) => Outcome::Reserved(*hold, item(&hold.item)),
             (_, Some(Event::HoldCommitted { change, .. })) => Outcome::Updated(item(&change.id)),
             (

@@ -34,6 +34,7 @@ fn create(s: &mut OwnerState, n: &str, q: i64, id: u128) -> Item {
         Command::Create {
             name: name(n),
             qty: qty(q),
+            note: crate::domain::Note::NONE,
         },
         ctx(id),
     ) {
@@ -84,6 +85,7 @@ fn names_are_unique_per_owner_case_insensitively() {
             Command::Create {
                 name: name(clash),
                 qty: qty(0),
+                note: crate::domain::Note::NONE,
             },
             Rejection::NameTaken,
         );
@@ -101,6 +103,7 @@ fn adjust_applies_delta_and_bumps_version() {
         id: item.id,
         delta: delta(-3),
         if_match: None,
+        note: crate::domain::Note::NONE,
     };
     let Ok(Outcome::Updated(after)) = run(&mut s, cmd, ctx(2)) else {
         panic!()
@@ -119,6 +122,7 @@ fn adjust_refuses_to_leave_the_range() {
         id: item.id,
         delta: delta(d),
         if_match: None,
+        note: crate::domain::Note::NONE,
     };
     assert_rejected(&s, cmd(-4), Rejection::QtyBelowZero { op_index: None });
     let top = (QTY_MAX - 3) as i64;
@@ -140,6 +144,7 @@ fn missing_items_are_not_found_but_delete_is_idempotent() {
             id: ghost,
             delta: delta(1),
             if_match: None,
+            note: crate::domain::Note::NONE,
         },
         nf.clone(),
     );
@@ -148,6 +153,7 @@ fn missing_items_are_not_found_but_delete_is_idempotent() {
         name: name("x"),
         qty: qty(1),
         if_match: None,
+        note: crate::domain::Note::NONE,
     };
     assert_rejected(&s, replace, nf);
     assert_eq!(s.decide(&Command::Delete { id: ghost }, ctx(1)), Ok(None));
@@ -174,6 +180,7 @@ fn replace_keeps_identity_and_checks_names() {
         name: name(n),
         qty: qty(9),
         if_match: None,
+        note: crate::domain::Note::NONE,
     };
     assert_rejected(&s, to("Milk"), Rejection::NameTaken);
     let Ok(Outcome::Updated(after)) = run(&mut s, to("EGGS"), ctx(3)) else {
@@ -203,6 +210,7 @@ fn preconditions_compare_versions() {
         id: item.id,
         delta: delta(1),
         if_match: Some(p),
+        note: crate::domain::Note::NONE,
     };
     assert_rejected(
         &s,
@@ -221,6 +229,7 @@ fn preconditions_compare_versions() {
         name: name("milk"),
         qty: qty(0),
         if_match: Some(Precondition::OneOf(vec![1])),
+        note: crate::domain::Note::NONE,
     };
     assert_rejected(&s, replace, Rejection::VersionMismatch { current: 3 });
 }
@@ -230,15 +239,12 @@ fn transactions_apply_in_order_all_or_nothing() {
     let mut s = OwnerState::default();
     let a = create(&mut s, "a", 1, 1);
     let b = create(&mut s, "b", 0, 2);
-    let op = |id, d| TxOp {
-        item: id,
-        delta: delta(d),
-    };
+    let op = |id, d| TxOp::adjust(id, delta(d));
     // -1 on `a` only works because +1 came first: ops see the previous ones.
     let ok = Command::Transact {
         ops: vec![op(a.id, 1), op(a.id, -2), op(b.id, 5), op(a.id, 3)],
     };
-    let Ok(Outcome::Transacted(items)) = run(&mut s, ok, ctx(3)) else {
+    let Ok(Outcome::Transacted(items, _)) = run(&mut s, ok, ctx(3)) else {
         panic!()
     };
     let got: Vec<_> = items
@@ -312,6 +318,7 @@ fn from_items_rebuilds_indexes() {
         Command::Create {
             name: name("MILK"),
             qty: qty(0),
+            note: crate::domain::Note::NONE,
         },
         Rejection::NameTaken,
     );
@@ -334,28 +341,22 @@ fn check_event_accepts_what_decide_produces_and_refuses_what_evolve_would_panic_
             id: a.id,
             delta: delta(2),
             if_match: None,
+            note: crate::domain::Note::NONE,
         },
         Command::Replace {
             id: b.id,
             name: name("Eggs"),
             qty: qty(5),
             if_match: None,
+            note: crate::domain::Note::NONE,
         },
         Command::Transact {
-            ops: vec![
-                TxOp {
-                    item: a.id,
-                    delta: delta(1),
-                },
-                TxOp {
-                    item: b.id,
-                    delta: delta(-1),
-                },
-            ],
+            ops: vec![TxOp::adjust(a.id, delta(1)), TxOp::adjust(b.id, delta(-1))],
         },
         Command::Create {
             name: name("flour"),
             qty: qty(0),
+            note: crate::domain::Note::NONE,
         },
         Command::Delete { id: a.id },
     ];
@@ -375,32 +376,47 @@ fn check_event_accepts_what_decide_produces_and_refuses_what_evolve_would_panic_
                 version: b_now.version + 2,
             },
             at: 0,
+            note: crate::domain::Note::NONE,
         },
-        Event::Created(Item {
-            id: Uuid::from_u128(50),
-            ..b_now.clone()
-        }),
-        Event::Created(Item {
-            name: name("new"),
-            ..b_now.clone()
-        }),
-        Event::Replaced(Item {
-            id: missing,
-            ..b_now.clone()
-        }),
+        Event::Created(
+            Item {
+                id: Uuid::from_u128(50),
+                ..b_now.clone()
+            },
+            crate::domain::Note::NONE,
+        ),
+        Event::Created(
+            Item {
+                name: name("new"),
+                ..b_now.clone()
+            },
+            crate::domain::Note::NONE,
+        ),
+        Event::Replaced(
+            Item {
+                id: missing,
+                ..b_now.clone()
+            },
+            crate::domain::Note::NONE,
+        ),
         Event::Transacted {
             changes: vec![
                 QtyVersion {
                     id: b.id,
                     qty: qty(1),
                     version: b_now.version + 1,
-                },
+                }
+                .into(),
                 QtyVersion {
                     id: b.id,
                     qty: qty(2),
                     version: b_now.version + 1,
-                },
+                }
+                .into(),
             ],
+            placed: vec![],
+            committed: vec![],
+            released: vec![],
             at: 0,
         },
     ];

@@ -15,6 +15,11 @@ pub const DELTA_ABS_MAX: i64 = (1 << 53) - 1;
 pub const NAME_CHARS_MAX: usize = 200;
 /// Owner ids are 1..=64 characters of `[A-Za-z0-9._-]`.
 pub const OWNER_ID_BYTES_MAX: usize = 64;
+/// A change's reason code is 1..=32 bytes of `^[a-z][a-z0-9_.-]*$`.
+pub const REASON_BYTES_MAX: usize = 32;
+/// A change's reference (an order id, a ticket) is 1..=128 bytes of
+/// printable text: no control characters.
+pub const REFERENCE_BYTES_MAX: usize = 128;
 
 /// Why a raw value is not a valid domain value. Transport maps these to 400s.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -33,6 +38,14 @@ pub enum ValueError {
     DeltaOutOfRange(i64),
     #[error("owner id must be 1-{OWNER_ID_BYTES_MAX} characters of [A-Za-z0-9._-]")]
     OwnerId,
+    #[error("reason must be 1-{REASON_BYTES_MAX} bytes matching ^[a-z][a-z0-9_.-]*$ (e.g. sale, restock), got {0:?}")]
+    Reason(String),
+    #[error("reference must not be empty")]
+    ReferenceEmpty,
+    #[error("reference must be at most {REFERENCE_BYTES_MAX} bytes, got {0}")]
+    ReferenceTooLong(usize),
+    #[error("reference must not contain control characters")]
+    ReferenceControlChar,
 }
 
 /// A quantity in `0..=QTY_MAX`.
@@ -179,6 +192,121 @@ impl fmt::Display for OwnerId {
     }
 }
 
+/// Why a quantity changed: a short code such as `sale`, `restock` or
+/// `correction`, 1..=`REASON_BYTES_MAX` bytes of `^[a-z][a-z0-9_.-]*$`.
+/// Not trimmed: a code with spaces is refused, not repaired.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Reason(Box<str>);
+
+impl Reason {
+    pub fn new(raw: &str) -> Result<Reason, ValueError> {
+        let bytes = raw.as_bytes();
+        let ok = (1..=REASON_BYTES_MAX).contains(&bytes.len())
+            && bytes[0].is_ascii_lowercase()
+            && bytes.iter().all(|&b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+            });
+        if !ok {
+            let shown: String = raw.chars().take(REASON_BYTES_MAX + 8).collect();
+            return Err(ValueError::Reason(shown));
+        }
+        Ok(Reason(raw.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// What a change refers to outside CountIQ (an order id, a ticket):
+/// 1..=`REFERENCE_BYTES_MAX` bytes, no control characters. Validated like
+/// an item name, but bounded in bytes and kept exactly as sent (not
+/// trimmed: a reference is compared by the client, byte for byte).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Reference(Box<str>);
+
+impl Reference {
+    pub fn new(raw: &str) -> Result<Reference, ValueError> {
+        if raw.is_empty() {
+            return Err(ValueError::ReferenceEmpty);
+        }
+        if raw.len() > REFERENCE_BYTES_MAX {
+            return Err(ValueError::ReferenceTooLong(raw.len()));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(ValueError::ReferenceControlChar);
+        }
+        Ok(Reference(raw.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// The optional `reason` and `reference` of a qty-changing write, as its
+/// event and its history entries carry them. One pointer wide: absent (the
+/// common case) costs 8 bytes per history entry and nothing on the heap;
+/// present, one shared allocation holds both (cloning it into the event and
+/// the history entries copies the pointer).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Note(Option<Arc<NoteParts>>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct NoteParts {
+    reason: Option<Reason>,
+    reference: Option<Reference>,
+}
+
+impl Note {
+    /// No reason, no reference.
+    pub const NONE: Note = Note(None);
+
+    pub fn new(reason: Option<Reason>, reference: Option<Reference>) -> Note {
+        if reason.is_none() && reference.is_none() {
+            return Note(None);
+        }
+        Note(Some(Arc::new(NoteParts { reason, reference })))
+    }
+
+    pub fn reason(&self) -> Option<&Reason> {
+        self.0.as_ref().and_then(|p| p.reason.as_ref())
+    }
+
+    pub fn reference(&self) -> Option<&Reference> {
+        self.0.as_ref().and_then(|p| p.reference.as_ref())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl fmt::Debug for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("Note::NONE"),
+            Some(p) => f
+                .debug_struct("Note")
+                .field("reason", &p.reason)
+                .field("reference", &p.reference)
+                .finish(),
+        }
+    }
+}
+
 /// Wall-clock time in microseconds since the Unix epoch. Chosen by the actor
 /// when a transition is decided and stored in the event, so replay is exact.
 pub type Micros = i64;
@@ -254,6 +382,62 @@ mod tests {
         let c = ItemName::new("milk2").unwrap().unique_key();
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn reasons_are_short_lowercase_codes() {
+        for ok in ["sale", "restock", "a", "x1", "cycle_count", "po.v2-b"] {
+            assert_eq!(Reason::new(ok).unwrap().as_str(), ok);
+        }
+        assert!(Reason::new(&"a".repeat(REASON_BYTES_MAX)).is_ok());
+        for bad in [
+            "", "Sale", "1sale", "_x", "-x", ".x", "sa le", " sale", "sale ", "sälé", "sale!",
+            "sa\nle", "SALE",
+        ] {
+            assert!(
+                matches!(Reason::new(bad), Err(ValueError::Reason(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(Reason::new(&"a".repeat(REASON_BYTES_MAX + 1)).is_err());
+    }
+
+    #[test]
+    fn references_are_bounded_printable_text_kept_as_sent() {
+        assert_eq!(Reference::new(" order 42 ").unwrap().as_str(), " order 42 ");
+        assert_eq!(
+            Reference::new("Bestellung Nr. 7 ✓").unwrap().as_str(),
+            "Bestellung Nr. 7 ✓"
+        );
+        assert!(Reference::new(&"r".repeat(REFERENCE_BYTES_MAX)).is_ok());
+        // Bytes, not characters: 65 two-byte characters are 130 bytes.
+        assert_eq!(
+            Reference::new(&"é".repeat(65)),
+            Err(ValueError::ReferenceTooLong(130))
+        );
+        assert_eq!(
+            Reference::new(&"r".repeat(REFERENCE_BYTES_MAX + 1)),
+            Err(ValueError::ReferenceTooLong(REFERENCE_BYTES_MAX + 1))
+        );
+        assert_eq!(Reference::new(""), Err(ValueError::ReferenceEmpty));
+        for bad in ["a\u{0}b", "a\nb", "a\tb", "\u{7f}", "x\u{85}"] {
+            assert_eq!(
+                Reference::new(bad),
+                Err(ValueError::ReferenceControlChar),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn notes_are_one_pointer_and_empty_when_both_are_absent() {
+        assert_eq!(std::mem::size_of::<Note>(), std::mem::size_of::<usize>());
+        assert!(Note::new(None, None).is_empty());
+        assert_eq!(Note::new(None, None), Note::NONE);
+        let n = Note::new(Some(Reason::new("sale").unwrap()), None);
+        assert!(!n.is_empty());
+        assert_eq!(n.reason().map(Reason::as_str), Some("sale"));
+        assert_eq!(n.reference(), None);
     }
 
     #[test]

@@ -6,13 +6,17 @@
 //! `{"name":"milk","qty":3}`), which is not JSON the contract allows. The
 //! types deny unknown fields, serde refuses duplicate fields, and integer
 //! fields refuse `true`, `1.0`, `1e3`, `"1"`, `null` and anything outside
-//! `i64`. Schema bounds that come from constants (lengths, quantities,
-//! op counts) are set on the OpenAPI document by `openapi::Bounds`.
+//! `i64`. Optional fields (`reason`, `reference`) may be left out but not
+//! sent as `null`, and are left out of the re-serialised body (the
+//! idempotency fingerprint) when absent, so a body without them has the
+//! fingerprint it had before they existed. Schema bounds that come from
+//! constants (lengths, quantities, op counts) are set on the OpenAPI
+//! document by `openapi::Bounds`.
 
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
@@ -58,6 +62,23 @@ pub(super) struct CreateBody {
     #[serde(default)]
     #[schema(default = 0)]
     pub qty: i64,
+    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
+    pub reason: Option<String>,
+    /// What the change refers to, e.g. an order id: printable text, at most
+    /// 128 bytes of UTF-8 (no control characters), kept as sent.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
+    pub reference: Option<String>,
 }
 
 /// A full replacement: both fields are required.
@@ -69,6 +90,23 @@ pub(super) struct ReplaceBody {
     )]
     pub name: String,
     pub qty: i64,
+    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
+    pub reason: Option<String>,
+    /// What the change refers to, e.g. an order id: printable text, at most
+    /// 128 bytes of UTF-8 (no control characters), kept as sent.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
+    pub reference: Option<String>,
 }
 
 /// A quantity change, applied atomically.
@@ -76,6 +114,59 @@ pub(super) struct ReplaceBody {
 #[serde(deny_unknown_fields)]
 pub(super) struct AdjustBody {
     pub delta: i64,
+    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
+    pub reason: Option<String>,
+    /// What the change refers to, e.g. an order id: printable text, at most
+    /// 128 bytes of UTF-8 (no control characters), kept as sent.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
+    pub reference: Option<String>,
+}
+
+/// The optional body of `POST /reservations/{id}/commit`.
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CommitBody {
+    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
+    pub reason: Option<String>,
+    /// What the change refers to, e.g. an order id: printable text, at most
+    /// 128 bytes of UTF-8 (no control characters), kept as sent.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
+    pub reference: Option<String>,
+}
+
+impl CommitBody {
+    /// Whether the body says anything (an absent body and `{}` are the
+    /// same request, with the same fingerprint).
+    pub fn is_empty(&self) -> bool {
+        self.reason.is_none() && self.reference.is_none()
+    }
+}
+
+/// An optional field that, when present, must be a `T` (never `null`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// 1-1000 ops of one owner, applied in order, all or nothing.
@@ -86,11 +177,143 @@ pub(super) struct TxBody {
     pub ops: Vec<Obj<TxOpBody>>,
 }
 
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+/// One transaction op, a JSON object of one of four shapes: a delta
+/// `{"item", "delta", "reason"?, "reference"?}` (the original op), or one
+/// key naming a hold op: `{"reserve": {"item", "qty", "ttl"}}`,
+/// `{"commit": {"reservation", "reason"?, "reference"?}}`,
+/// `{"release": {"reservation"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(super) enum TxOpBody {
+    Adjust(TxAdjustBody),
+    Reserve {
+        #[schema(value_type = TxReserveBody)]
+        reserve: Obj<TxReserveBody>,
+    },
+    Commit {
+        #[schema(value_type = TxCommitBody)]
+        commit: Obj<TxCommitBody>,
+    },
+    Release {
+        #[schema(value_type = TxReleaseBody)]
+        release: Obj<TxReleaseBody>,
+    },
+}
+
+/// Add `delta` to the item's qty.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct TxOpBody {
+pub(super) struct TxAdjustBody {
     pub item: Uuid,
     pub delta: i64,
+    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
+    pub reason: Option<String>,
+    /// What the change refers to, e.g. an order id: printable text, at most
+    /// 128 bytes of UTF-8 (no control characters), kept as sent.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
+    pub reference: Option<String>,
+}
+
+/// Hold `qty` (≥ 1) units of `item` for `ttl` seconds, as `POST
+/// /items/{id}/reservations` does; the hold's id is in the answer's
+/// `reservations`, in op order.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TxReserveBody {
+    pub item: Uuid,
+    pub qty: i64,
+    pub ttl: i64,
+}
+
+/// Commit an open hold, as `POST /reservations/{id}/commit` does.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TxCommitBody {
+    pub reservation: Uuid,
+    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
+    pub reason: Option<String>,
+    /// What the change refers to, e.g. an order id: printable text, at most
+    /// 128 bytes of UTF-8 (no control characters), kept as sent.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
+    pub reference: Option<String>,
+}
+
+/// Release an open hold (one that is not open refuses the transaction).
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TxReleaseBody {
+    pub reservation: Uuid,
+}
+
+/// Every field any op shape has; `TxOpBody` is built from it, so the op
+/// stays strict: unknown fields are refused, `null` is never a value, and
+/// exactly one shape must be present.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxOpFields {
+    #[serde(default, deserialize_with = "present")]
+    item: Option<Uuid>,
+    #[serde(default, deserialize_with = "present")]
+    delta: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    reason: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    reference: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    reserve: Option<Obj<TxReserveBody>>,
+    #[serde(default, deserialize_with = "present")]
+    commit: Option<Obj<TxCommitBody>>,
+    #[serde(default, deserialize_with = "present")]
+    release: Option<Obj<TxReleaseBody>>,
+}
+
+const TX_OP_SHAPES: &str = r#"an op is {"item", "delta"} (with optional "reason", "reference") or exactly one of {"reserve": {...}}, {"commit": {...}}, {"release": {...}}"#;
+
+impl<'de> Deserialize<'de> for TxOpBody {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = TxOpFields::deserialize(d)?;
+        let delta_fields =
+            f.item.is_some() || f.delta.is_some() || f.reason.is_some() || f.reference.is_some();
+        let op = match (delta_fields, f.reserve, f.commit, f.release) {
+            (true, None, None, None) => match (f.item, f.delta) {
+                (Some(item), Some(delta)) => TxOpBody::Adjust(TxAdjustBody {
+                    item,
+                    delta,
+                    reason: f.reason,
+                    reference: f.reference,
+                }),
+                (None, _) => return Err(D::Error::missing_field("item")),
+                (_, None) => return Err(D::Error::missing_field("delta")),
+            },
+            (false, Some(reserve), None, None) => TxOpBody::Reserve { reserve },
+            (false, None, Some(commit), None) => TxOpBody::Commit { commit },
+            (false, None, None, Some(release)) => TxOpBody::Release { release },
+            _ => return Err(D::Error::custom(TX_OP_SHAPES)),
+        };
+        Ok(op)
+    }
 }
 
 /// A reservation: hold `qty` (≥ 1) units for `ttl` seconds
@@ -135,7 +358,62 @@ mod tests {
         assert_eq!((body.name.as_str(), body.qty), ("milk", 3));
         let tx =
             parse::<TxBody>(&format!(r#"{{"ops": [{{"item": "{id}", "delta": -1}}]}}"#)).unwrap();
-        assert_eq!((tx.ops[0].0.item, tx.ops[0].0.delta), (id, -1));
+        let TxOpBody::Adjust(op) = &tx.ops[0].0 else {
+            panic!("{tx:?}")
+        };
+        assert_eq!((op.item, op.delta), (id, -1));
+        // The hold ops' inner values are objects too.
+        for bad in [
+            format!(r#"{{"ops": [{{"reserve": ["{id}", 1, 30]}}]}}"#),
+            format!(r#"{{"ops": [{{"commit": ["{id}"]}}]}}"#),
+            format!(r#"{{"ops": [{{"release": "{id}"}}]}}"#),
+        ] {
+            let err = parse::<TxBody>(&bad).unwrap_err();
+            assert!(err.contains("expected a JSON object"), "{bad}: {err}");
+        }
+    }
+
+    /// Goal: each op is exactly one shape, strictly. Method: every shape
+    /// parses; mixing shapes, two hold ops in one object, an empty op,
+    /// unknown fields (inside the hold objects too), and `null` for an
+    /// optional field are refused.
+    #[test]
+    fn tx_ops_are_exactly_one_shape() {
+        let id = Uuid::from_u128(7);
+        let op = |json: String| parse::<TxBody>(&format!(r#"{{"ops": [{json}]}}"#));
+        let ok = [
+            format!(r#"{{"item": "{id}", "delta": 1}}"#),
+            format!(r#"{{"item": "{id}", "delta": 1, "reason": "sale", "reference": "o-1"}}"#),
+            format!(r#"{{"reserve": {{"item": "{id}", "qty": 2, "ttl": 30}}}}"#),
+            format!(r#"{{"commit": {{"reservation": "{id}"}}}}"#),
+            format!(r#"{{"commit": {{"reservation": "{id}", "reason": "sale"}}}}"#),
+            format!(r#"{{"release": {{"reservation": "{id}"}}}}"#),
+        ];
+        for json in ok {
+            assert!(op(json.clone()).is_ok(), "{json}: {:?}", op(json.clone()));
+        }
+        let bad = [
+            "{}".to_string(),
+            format!(r#"{{"item": "{id}"}}"#),
+            r#"{"delta": 1}"#.to_string(),
+            r#"{"reason": "sale"}"#.to_string(),
+            format!(r#"{{"item": "{id}", "delta": 1, "reason": null}}"#),
+            format!(r#"{{"item": "{id}", "delta": null}}"#),
+            format!(
+                r#"{{"item": "{id}", "delta": 1, "reserve": {{"item": "{id}", "qty": 1, "ttl": 1}}}}"#
+            ),
+            format!(
+                r#"{{"commit": {{"reservation": "{id}"}}, "release": {{"reservation": "{id}"}}}}"#
+            ),
+            format!(r#"{{"reserve": {{"item": "{id}", "qty": 1}}}}"#),
+            format!(r#"{{"reserve": {{"item": "{id}", "qty": 1, "ttl": 1, "x": 1}}}}"#),
+            format!(r#"{{"release": {{"reservation": "{id}", "reason": "sale"}}}}"#),
+            r#"{"reserve": null}"#.to_string(),
+            format!(r#"{{"item": "{id}", "delta": 1, "op": "x"}}"#),
+        ];
+        for json in bad {
+            assert!(op(json.clone()).is_err(), "{json} was accepted");
+        }
     }
 
     /// Goal: the wrapper keeps the strictness of the derived types.
@@ -158,6 +436,27 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&tx).unwrap(),
             format!(r#"{{"ops":[{{"item":"{}","delta":2}}]}}"#, Uuid::nil())
+        );
+        // Absent optional fields stay absent: the fingerprint of a body
+        // without them is what it was before they existed.
+        let adjust = parse::<AdjustBody>(r#"{"delta": 2}"#).unwrap();
+        assert_eq!(serde_json::to_string(&adjust).unwrap(), r#"{"delta":2}"#);
+        let noted = parse::<AdjustBody>(r#"{"reference": "o-1", "delta": 2}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&noted).unwrap(),
+            r#"{"delta":2,"reference":"o-1"}"#
+        );
+        let reserve = parse::<TxBody>(&format!(
+            r#"{{"ops":[{{"reserve":{{"ttl":5,"qty":1,"item":"{}"}}}}]}}"#,
+            Uuid::nil()
+        ))
+        .unwrap();
+        assert_eq!(
+            serde_json::to_string(&reserve).unwrap(),
+            format!(
+                r#"{{"ops":[{{"reserve":{{"item":"{}","qty":1,"ttl":5}}}}]}}"#,
+                Uuid::nil()
+            )
         );
     }
 }

@@ -156,8 +156,9 @@ fn rejection_parts(r: &Rejection) -> (StatusCode, &'static str, String) {
         Rejection::InsufficientAvailable { .. } => {
             (StatusCode::CONFLICT, "insufficient_available", detail)
         }
-        Rejection::HoldLimit => (StatusCode::CONFLICT, "reservation_limit_reached", detail),
-        Rejection::HoldNotFound => (StatusCode::NOT_FOUND, "reservation_not_found", detail),
+        Rejection::HoldLimit { .. } => (StatusCode::CONFLICT, "reservation_limit_reached", detail),
+        Rejection::HoldNotFound { .. } => (StatusCode::NOT_FOUND, "reservation_not_found", detail),
+        Rejection::NoteConflict { .. } => (StatusCode::BAD_REQUEST, "conflicting_notes", detail),
     }
 }
 
@@ -178,7 +179,10 @@ impl IntoResponse for ApiError {
                 Rejection::NotFound { op_index }
                 | Rejection::QtyBelowZero { op_index }
                 | Rejection::QtyOverflow { op_index }
-                | Rejection::InsufficientAvailable { op_index, .. },
+                | Rejection::InsufficientAvailable { op_index, .. }
+                | Rejection::HoldLimit { op_index }
+                | Rejection::HoldNotFound { op_index }
+                | Rejection::NoteConflict { op_index },
             ) => (*op_index, None),
             ApiError::Rejected(Rejection::VersionMismatch { current }) => (None, Some(*current)),
             _ => (None, None),

@@ -27,7 +27,7 @@ use super::extract::Owner;
 use super::json::{rfc3339, set_lsn, ItemJson};
 use super::{openapi, ApiError, AppState};
 use crate::actor::feed::{self, Change, SubscribeError, Subscription};
-use crate::domain::{Event, OwnerId, QtyVersion};
+use crate::domain::{Event, Note, OwnerId, QtyVersion};
 use crate::storage::reader::RangeError;
 
 /// A comment line (`:`) this often keeps idle streams (and proxies) alive.
@@ -44,19 +44,52 @@ const LAST_EVENT_ID: &str = "last-event-id";
 /// event. New event types are one arm here.
 pub(super) fn event_json(event: &Event) -> (&'static str, Value) {
     let qty = |c: &QtyVersion| json!({"id": c.id, "qty": c.qty.get(), "version": c.version});
+    // `reason` and `reference` on every event that changes qty, null when
+    // the write had none.
+    let noted = |mut data: Value, note: &Note| {
+        data["reason"] = json!(note.reason().map(|r| r.as_str()));
+        data["reference"] = json!(note.reference().map(|r| r.as_str()));
+        data
+    };
     match event {
-        Event::Created(item) => ("item.created", json!({"item": ItemJson::from(item)})),
-        Event::Replaced(item) => ("item.replaced", json!({"item": ItemJson::from(item)})),
-        Event::QtySet { change, at } => {
-            let mut data = qty(change);
+        Event::Created(item, note) => (
+            "item.created",
+            noted(json!({"item": ItemJson::from(item)}), note),
+        ),
+        Event::Replaced(item, note) => (
+            "item.replaced",
+            noted(json!({"item": ItemJson::from(item)}), note),
+        ),
+        Event::QtySet { change, at, note } => {
+            let mut data = noted(qty(change), note);
             data["at"] = Value::String(rfc3339(*at));
             ("item.qty", data)
         }
         Event::Deleted { id } => ("item.deleted", json!({"id": id})),
-        Event::Transacted { changes, at } => (
-            "transaction",
-            json!({"items": changes.iter().map(qty).collect::<Vec<_>>(), "at": rfc3339(*at)}),
-        ),
+        Event::Transacted {
+            changes,
+            placed,
+            committed,
+            released,
+            at,
+        } => {
+            let items: Vec<Value> = changes
+                .iter()
+                .map(|c| noted(qty(&c.change), &c.note))
+                .collect();
+            let placed: Vec<Value> = placed
+                .iter()
+                .map(|h| {
+                    json!({"reservation": h.id, "item": h.item, "qty": h.qty.get(),
+                        "expires_at": rfc3339(h.expires_at)})
+                })
+                .collect();
+            (
+                "transaction",
+                json!({"items": items, "reserved": placed, "committed": committed,
+                    "released": released, "at": rfc3339(*at)}),
+            )
+        }
         Event::Reserved { hold, version } => (
             "reservation.created",
             json!({
@@ -65,8 +98,13 @@ pub(super) fn event_json(event: &Event) -> (&'static str, Value) {
                 "expires_at": rfc3339(hold.expires_at),
             }),
         ),
-        Event::HoldCommitted { hold, change, at } => {
-            let mut data = qty(change);
+        Event::HoldCommitted {
+            hold,
+            change,
+            at,
+            note,
+        } => {
+            let mut data = noted(qty(change), note);
             data["reservation"] = json!(hold);
             data["at"] = Value::String(rfc3339(*at));
             ("reservation.committed", data)
@@ -306,11 +344,18 @@ mod tests {
             qty: Qty::new(5).unwrap(),
             version: 2,
         };
-        let (kind, data) = event_json(&Event::Created(item.clone()));
+        let (kind, data) = event_json(&Event::Created(item.clone(), crate::domain::Note::NONE));
         assert_eq!(kind, "item.created");
         assert_eq!(data["item"]["name"], "milk");
-        assert_eq!(event_json(&Event::Replaced(item)).0, "item.replaced");
-        let (kind, data) = event_json(&Event::QtySet { change, at: 0 });
+        assert_eq!(
+            event_json(&Event::Replaced(item, crate::domain::Note::NONE)).0,
+            "item.replaced"
+        );
+        let (kind, data) = event_json(&Event::QtySet {
+            change,
+            at: 0,
+            note: crate::domain::Note::NONE,
+        });
         assert_eq!(kind, "item.qty");
         assert_eq!(data["qty"], 5);
         assert_eq!(data["version"], 2);
@@ -318,8 +363,14 @@ mod tests {
         let (kind, data) = event_json(&Event::Deleted { id });
         assert_eq!(kind, "item.deleted");
         assert_eq!(data["id"], id.to_string());
-        let changes = vec![change, change];
-        let (kind, data) = event_json(&Event::Transacted { changes, at: 0 });
+        let changes = vec![change.into(), change.into()];
+        let (kind, data) = event_json(&Event::Transacted {
+            changes,
+            placed: vec![],
+            committed: vec![],
+            released: vec![],
+            at: 0,
+        });
         assert_eq!(kind, "transaction");
         assert_eq!(data["items"].as_array().unwrap().len(), 2);
         let hold = crate::domain::Hold {
@@ -340,6 +391,7 @@ mod tests {
             hold: hold.id,
             change,
             at: 0,
+            note: crate::domain::Note::NONE,
         };
         let (kind, data) = event_json(&committed);
         assert_eq!(kind, "reservation.committed");

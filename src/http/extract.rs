@@ -51,6 +51,39 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// An optional JSON body (`POST /reservations/{id}/commit`): an empty body
+/// is `None` whatever its `Content-Type`; otherwise the rules of
+/// [`JsonBody`] (415, 413, 408, 400 `invalid_body`).
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(body))
+            .await
+            .map_err(|_elapsed| ApiError::RequestTimeout)??;
+        if bytes.is_empty() {
+            return Ok(OptionalJsonBody(None));
+        }
+        if !is_json(&parts.headers) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        serde_json::from_slice::<Obj<T>>(&bytes)
+            .map(|Obj(body)| OptionalJsonBody(Some(body)))
+            .map_err(|e| ApiError::InvalidBody(e.to_string()))
+    }
+}
+
 /// The whole body, at most `BODY_BYTES_MAX` bytes (413 beyond). A small
 /// body nearly always arrives as one data frame: that frame's bytes
 /// are returned as they are, without copying them into a collection.

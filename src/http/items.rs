@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::bodies::{AdjustBody, CreateBody, Obj, ReplaceBody, TxBody};
+use super::bodies::{AdjustBody, CreateBody, Obj, ReplaceBody, TxBody, TxOpBody};
 use super::extract::{
     idempotency, if_match, item_id, JsonBody, Owner, PageQuery, RawId, WriteHeaders,
 };
@@ -14,7 +14,9 @@ use super::json::{item_response, outcome_response, set_lsn, ItemJson};
 use super::{cursor, openapi, routes, ApiError, AppState};
 use crate::actor::{Page, Written};
 use crate::domain::idempotency::{Fingerprint, IdemKey};
-use crate::domain::{Command, Delta, ItemName, OwnerId, Qty, TxOp, TX_OPS_MAX};
+use crate::domain::{
+    Command, Delta, ItemName, Note, OwnerId, Qty, Reason, Reference, TxOp, TX_OPS_MAX,
+};
 
 #[utoipa::path(
     get,
@@ -101,6 +103,7 @@ pub(super) async fn create_item(
     let cmd = Command::Create {
         name: ItemName::new(&body.name).map_err(invalid("name"))?,
         qty: Qty::new(body.qty).map_err(invalid("qty"))?,
+        note: note("", &body.reason, &body.reference)?,
     };
     write(&s, &owner, cmd, key).await
 }
@@ -135,6 +138,7 @@ pub(super) async fn replace_item(
         name: ItemName::new(&body.name).map_err(invalid("name"))?,
         qty: Qty::new(body.qty).map_err(invalid("qty"))?,
         if_match: if_match(&headers),
+        note: note("", &body.reason, &body.reference)?,
     };
     write(&s, &owner, cmd, key).await
 }
@@ -168,6 +172,7 @@ pub(super) async fn adjust_qty(
         id,
         delta: Delta::new(body.delta).map_err(invalid("delta"))?,
         if_match: if_match(&headers),
+        note: note("", &body.reason, &body.reference)?,
     };
     write(&s, &owner, cmd, key).await
 }
@@ -208,14 +213,14 @@ pub(super) async fn delete_item(
     post,
     path = "/transactions",
     tag = "items",
-    summary = "Apply 1-1000 deltas atomically",
+    summary = "Apply 1-1000 ops (deltas, reserve, commit, release) atomically",
     security(("bearer" = [])),
     params(openapi::KeyHeader),
     request_body(content = TxBody, content_type = "application/json"),
     responses(
         (status = 200, description = "All ops applied", body = openapi::TxResult, headers(("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"), ("CountIQ-LSN" = u64, description = "the log position this response reflects"))),
         (status = 404, response = openapi::NotFound),
-        (status = 409, response = openapi::Conflict),
+        (status = 409, response = openapi::HoldConflict),
         openapi::BodyWriteErrors
     )
 )]
@@ -236,14 +241,7 @@ pub(super) async fn transact(
         .ops
         .iter()
         .enumerate()
-        .map(|(i, Obj(op))| {
-            let delta = Delta::new(op.delta)
-                .map_err(|e| ApiError::InvalidBody(format!("ops[{i}].delta: {e}")))?;
-            Ok(TxOp {
-                item: op.item,
-                delta,
-            })
-        })
+        .map(|(i, Obj(op))| tx_op(i, op))
         .collect::<Result<Vec<_>, ApiError>>()?;
     write(&s, &owner, Command::Transact { ops }, key).await
 }
@@ -278,6 +276,56 @@ pub(super) async fn write(
         Written::KeyReused => Err(ApiError::KeyReused),
         Written::KeysExhausted { retry_after } => Err(ApiError::KeysExhausted { retry_after }),
     }
+}
+
+/// One parsed op as a domain `TxOp`; errors name the op (`ops[2].qty: …`).
+fn tx_op(i: usize, op: &TxOpBody) -> Result<TxOp, ApiError> {
+    let bad = |field: &str, e: String| ApiError::InvalidBody(format!("ops[{i}].{field}: {e}"));
+    Ok(match op {
+        TxOpBody::Adjust(op) => TxOp::Adjust {
+            item: op.item,
+            delta: Delta::new(op.delta).map_err(|e| bad("delta", e.to_string()))?,
+            note: note(&format!("ops[{i}]."), &op.reason, &op.reference)?,
+        },
+        TxOpBody::Reserve { reserve: Obj(r) } => {
+            let (qty, ttl) = super::reservations::hold_terms(r.qty, r.ttl)
+                .map_err(|(field, e)| bad(&format!("reserve.{field}"), e))?;
+            TxOp::Reserve {
+                item: r.item,
+                qty,
+                ttl,
+            }
+        }
+        TxOpBody::Commit { commit: Obj(c) } => TxOp::Commit {
+            hold: c.reservation,
+            note: note(&format!("ops[{i}].commit."), &c.reason, &c.reference)?,
+        },
+        TxOpBody::Release { release: Obj(r) } => TxOp::Release {
+            hold: r.reservation,
+        },
+    })
+}
+
+/// A write's optional `reason` and `reference` as a domain `Note`; a bad
+/// one is 400 `invalid_body` naming the field (`prefix` locates it inside
+/// the body, e.g. `ops[2].`).
+pub(super) fn note(
+    prefix: &str,
+    reason: &Option<String>,
+    reference: &Option<String>,
+) -> Result<Note, ApiError> {
+    let field = |name: &str| ApiError::InvalidBody(format!("{prefix}{name}"));
+    let reason = reason
+        .as_deref()
+        .map(Reason::new)
+        .transpose()
+        .map_err(|e| field(&format!("reason: {e}")))?;
+    let reference = reference
+        .as_deref()
+        .map(Reference::new)
+        .transpose()
+        .map_err(|e| field(&format!("reference: {e}")))?;
+    Ok(Note::new(reason, reference))
 }
 
 pub(super) fn invalid<E: std::fmt::Display>(field: &str) -> impl FnOnce(E) -> ApiError + '_ {

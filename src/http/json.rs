@@ -183,9 +183,11 @@ pub(super) fn outcome_response(outcome: &Outcome) -> Response {
         Outcome::Created(item) => item_response(StatusCode::CREATED, item, true),
         Outcome::Updated(item) => item_response(StatusCode::OK, item, false),
         Outcome::Deleted => StatusCode::NO_CONTENT.into_response(),
-        Outcome::Transacted(items) => {
-            let body =
-                serde_json::json!({"items": items.iter().map(ItemJson::from).collect::<Vec<_>>()});
+        Outcome::Transacted(items, holds) => {
+            let body = serde_json::json!({
+                "items": items.iter().map(ItemJson::from).collect::<Vec<_>>(),
+                "reservations": holds.iter().map(HoldJson::from).collect::<Vec<_>>(),
+            });
             axum::Json(body).into_response()
         }
         Outcome::Reserved(hold, item) => {
@@ -233,6 +235,33 @@ impl<'a> ReservationJson<'a> {
     }
 }
 
+/// A hold a transaction placed (API.md "Transactions"): a reservation
+/// without its item (the items are the answer's `items`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TxReservation)]
+pub(super) struct HoldJson {
+    id: Uuid,
+    item_id: Uuid,
+    #[schema(minimum = 1)]
+    qty: u64,
+    #[schema(value_type = String)]
+    created_at: Rfc3339,
+    #[schema(value_type = String)]
+    expires_at: Rfc3339,
+}
+
+impl From<&Hold> for HoldJson {
+    fn from(hold: &Hold) -> Self {
+        HoldJson {
+            id: hold.id,
+            item_id: hold.item,
+            qty: hold.qty.get(),
+            created_at: Rfc3339(hold.created_at),
+            expires_at: Rfc3339(hold.expires_at),
+        }
+    }
+}
+
 /// One history entry as JSON (API.md "History").
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(as = HistoryEntry)]
@@ -255,6 +284,11 @@ pub(super) struct HistoryJson<'a> {
     /// The Idempotency-Key of the request, if it had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     idempotency_key: Option<&'a str>,
+    /// The write's `reason`, `null` when it had none (holds placed or
+    /// released and expiries never have one).
+    reason: Option<&'a str>,
+    /// The write's `reference`, `null` when it had none.
+    reference: Option<&'a str>,
 }
 
 impl<'a> From<&'a crate::domain::HistoryEntry> for HistoryJson<'a> {
@@ -279,6 +313,8 @@ impl<'a> From<&'a crate::domain::HistoryEntry> for HistoryJson<'a> {
             reserved: e.reserved.get(),
             delta: e.delta,
             idempotency_key: e.key.as_ref().map(|k| k.as_str()),
+            reason: e.note.reason().map(|r| r.as_str()),
+            reference: e.note.reference().map(|r| r.as_str()),
         }
     }
 }

@@ -10,10 +10,16 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa::openapi::schema::{Object, Schema};
 use utoipa::openapi::RefOr;
 
-use super::bodies::{AdjustBody, CreateBody, ReplaceBody, ReserveBody, TxBody, TxOpBody};
+use super::bodies::{
+    AdjustBody, CommitBody, CreateBody, ReplaceBody, ReserveBody, TxAdjustBody, TxBody,
+    TxCommitBody, TxOpBody, TxReleaseBody, TxReserveBody,
+};
 use super::error::Problem;
-use super::json::{HistoryJson, ItemJson, ReservationJson};
-use crate::domain::{DELTA_ABS_MAX, HOLD_TTL_SECS_MAX, NAME_CHARS_MAX, QTY_MAX, TX_OPS_MAX};
+use super::json::{HistoryJson, HoldJson, ItemJson, ReservationJson};
+use crate::domain::{
+    DELTA_ABS_MAX, HOLD_TTL_SECS_MAX, NAME_CHARS_MAX, QTY_MAX, REASON_BYTES_MAX,
+    REFERENCE_BYTES_MAX, TX_OPS_MAX,
+};
 
 /// `GET /items/{id}/history` answer.
 #[derive(ToSchema)]
@@ -34,11 +40,13 @@ pub(super) struct ItemPage {
 }
 
 /// `POST /transactions` answer: each touched item once, in order of first
-/// appearance.
+/// appearance, and the holds its reserve ops placed, in op order (empty
+/// without reserve ops).
 #[derive(ToSchema)]
 #[allow(dead_code)] // documentation only
 pub(super) struct TxResult {
     items: Vec<ItemJson<'static>>,
+    reservations: Vec<HoldJson>,
 }
 
 /// `Idempotency-Key`, declared once for every keyed write.
@@ -74,7 +82,7 @@ macro_rules! problem_responses {
 }
 
 problem_responses! {
-    BadRequest => "invalid_body, qty_below_zero, qty_overflow, invalid_limit, invalid_cursor, invalid_idempotency_key";
+    BadRequest => "invalid_body, qty_below_zero, qty_overflow, conflicting_notes, invalid_limit, invalid_cursor, invalid_idempotency_key";
     Unauthorized => "unauthorized: missing or invalid bearer token", headers(("WWW-Authenticate" = String));
     NotFound => "not_found";
     Conflict => "name_taken, item_limit_reached or insufficient_available";
@@ -137,8 +145,9 @@ pub(super) enum BodyWriteErrors {
         openapi_json,
     ),
     components(
-        schemas(CreateBody, ReplaceBody, AdjustBody, TxBody, TxOpBody, ItemJson, ItemPage, TxResult, Problem,
-            ReserveBody, ReservationJson, HistoryJson, HistoryDoc),
+        schemas(CreateBody, ReplaceBody, AdjustBody, TxBody, TxOpBody, TxAdjustBody, TxReserveBody,
+            TxCommitBody, TxReleaseBody, ItemJson, ItemPage, TxResult, HoldJson, Problem,
+            ReserveBody, CommitBody, ReservationJson, HistoryJson, HistoryDoc),
         responses(BadRequest, Unauthorized, NotFound, Conflict, HoldConflict, PreconditionFailed, PayloadTooLarge,
             UnsupportedMediaType, KeyReused, KeysExhausted, Unavailable, TooManySubscribers)
     ),
@@ -177,7 +186,9 @@ impl Modify for Bounds {
             ("CreateBody", "qty", qty),
             ("ReplaceBody", "qty", qty),
             ("AdjustBody", "delta", delta),
-            ("TxOpBody", "delta", delta),
+            ("TxAdjustBody", "delta", delta),
+            ("TxReserveBody", "qty", (1, QTY_MAX as i64)),
+            ("TxReserveBody", "ttl", (1, HOLD_TTL_SECS_MAX as i64)),
             ("Item", "qty", qty),
             ("Item", "reserved", qty),
             ("Item", "available", qty),
@@ -195,6 +206,21 @@ impl Modify for Bounds {
                 object.max_length = Some(NAME_CHARS_MAX);
             }
         }
+        // The reason's charset is ASCII, so its byte bound is a length. The
+        // reference's is in bytes of UTF-8, which JSON Schema cannot say:
+        // `maxLength` counts characters, so the schema states the bound for
+        // ASCII text and the description says bytes.
+        for schema in NOTED_BODIES {
+            for (field, max) in [
+                ("reason", REASON_BYTES_MAX),
+                ("reference", REFERENCE_BYTES_MAX),
+            ] {
+                if let Some(object) = property(&mut components.schemas, schema, field) {
+                    object.min_length = Some(1);
+                    object.max_length = Some(max);
+                }
+            }
+        }
         if let Some(RefOr::T(Schema::Object(tx))) = components.schemas.get_mut("TxBody") {
             if let Some(RefOr::T(Schema::Array(ops))) = tx.properties.get_mut("ops") {
                 ops.min_items = Some(1);
@@ -203,6 +229,15 @@ impl Modify for Bounds {
         }
     }
 }
+
+/// The body schemas with `reason` and `reference`.
+pub(crate) const NOTED_BODIES: [&str; 5] = [
+    "CreateBody",
+    "ReplaceBody",
+    "AdjustBody",
+    "CommitBody",
+    "TxAdjustBody",
+];
 
 /// `schema.field` of a component schema, if both are inline objects.
 fn property<'a>(

@@ -7,9 +7,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::bodies::ReserveBody;
-use super::extract::{idempotency, item_id, JsonBody, Owner, PageQuery, RawId, WriteHeaders};
-use super::items::{bad_param, invalid, write};
+use super::bodies::{CommitBody, ReserveBody};
+use super::extract::{
+    idempotency, item_id, JsonBody, OptionalJsonBody, Owner, PageQuery, RawId, WriteHeaders,
+};
+use super::items::{bad_param, note, write};
 use super::json::{set_lsn, HistoryJson};
 use super::{openapi, routes, ApiError, AppState};
 use crate::actor::HistoryPage;
@@ -45,20 +47,26 @@ pub(super) async fn reserve(
         Some(id),
         Some(&body),
     )?;
-    let qty = Qty::new(body.qty).map_err(invalid("qty"))?;
+    let (qty, ttl) = hold_terms(body.qty, body.ttl)
+        .map_err(|(field, e)| ApiError::InvalidBody(format!("{field}: {e}")))?;
+    write(&s, &owner, Command::Reserve { item: id, qty, ttl }, key).await
+}
+
+/// A hold's `qty` (1..=QTY_MAX) and `ttl` (1..=HOLD_TTL_SECS_MAX seconds,
+/// as µs), or the field and why not. Shared by the reservation route and
+/// the transaction's reserve op.
+pub(super) fn hold_terms(qty: i64, ttl: i64) -> Result<(Qty, Micros), (&'static str, String)> {
+    let qty = Qty::new(qty).map_err(|e| ("qty", e.to_string()))?;
     if qty == Qty::ZERO {
-        return Err(ApiError::InvalidBody(
-            "qty: a reservation holds at least 1".into(),
+        return Err(("qty", "a reservation holds at least 1".into()));
+    }
+    if !(1..=HOLD_TTL_SECS_MAX as i64).contains(&ttl) {
+        return Err((
+            "ttl",
+            format!("must be 1 to {HOLD_TTL_SECS_MAX} seconds, got {ttl}"),
         ));
     }
-    if !(1..=HOLD_TTL_SECS_MAX as i64).contains(&body.ttl) {
-        return Err(ApiError::InvalidBody(format!(
-            "ttl: must be 1 to {HOLD_TTL_SECS_MAX} seconds, got {}",
-            body.ttl
-        )));
-    }
-    let ttl = body.ttl as Micros * 1_000_000;
-    write(&s, &owner, Command::Reserve { item: id, qty, ttl }, key).await
+    Ok((qty, ttl as Micros * 1_000_000))
 }
 
 #[utoipa::path(
@@ -68,14 +76,11 @@ pub(super) async fn reserve(
     summary = "Turn a hold into a decrease (qty and reserved fall by its qty)",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Reservation id (UUID)"), openapi::KeyHeader),
+    request_body(content = Option<CommitBody>, content_type = "application/json", description = "Optional: the decrease's reason and reference. No body and `{}` are the same request."),
     responses(
         (status = 200, description = "Committed; the item after it", body = super::json::ItemJson, headers(("ETag" = String, description = "\"<version>\""), ("CountIQ-LSN" = u64, description = "the log position this response reflects"), ("Idempotent-Replayed" = Option<String>, description = "true on a replayed response"))),
-        (status = 400, response = openapi::BadRequest),
-        (status = 401, response = openapi::Unauthorized),
         (status = 404, response = openapi::NotFound),
-        (status = 422, response = openapi::KeyReused),
-        (status = 429, response = openapi::KeysExhausted),
-        (status = 503, response = openapi::Unavailable)
+        openapi::BodyWriteErrors
     )
 )]
 pub(super) async fn commit(
@@ -83,16 +88,20 @@ pub(super) async fn commit(
     Owner(owner): Owner,
     RawId(id): RawId,
     WriteHeaders(headers): WriteHeaders,
+    OptionalJsonBody(body): OptionalJsonBody<CommitBody>,
 ) -> Result<Response, ApiError> {
     let hold = hold_id(&id)?;
-    let key = idempotency::<()>(
+    let body = body.unwrap_or_default();
+    let fingerprinted = (!body.is_empty()).then_some(&body);
+    let key = idempotency(
         &headers,
         "POST",
         routes::RESERVATION_COMMIT,
         Some(hold),
-        None,
+        fingerprinted,
     )?;
-    write(&s, &owner, Command::CommitHold { hold }, key).await
+    let note = note("", &body.reason, &body.reference)?;
+    write(&s, &owner, Command::CommitHold { hold, note }, key).await
 }
 
 #[utoipa::path(
@@ -167,7 +176,7 @@ pub(super) async fn history(
 /// `reservation_not_found`).
 fn hold_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::try_parse(raw)
-        .map_err(|_| ApiError::Rejected(crate::domain::Rejection::HoldNotFound))
+        .map_err(|_| ApiError::Rejected(crate::domain::Rejection::HoldNotFound { op_index: None }))
 }
 
 /// A history cursor: the version of the last entry of the previous page

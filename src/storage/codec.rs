@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::domain::idempotency::{IdemKey, KeyRecord, StoredResponse};
 use crate::domain::{
-    Change, Event, HistoryEntry, Hold, Item, ItemName, Outcome, OwnerId, Qty, QtyVersion,
-    Rejection, HISTORY_PER_ITEM_MAX,
+    Change, Event, HistoryEntry, Hold, Item, ItemName, Note, Outcome, OwnerId, Qty, QtyVersion,
+    Reason, Reference, Rejection, TxChange, HISTORY_PER_ITEM_MAX,
 };
 
 /// Largest encoded record payload. A 1000-op transaction with its stored
@@ -260,6 +260,271 @@ enum ChangeV3 {
     Expired(u128),
 }
 
+// ---- on-disk shapes, version 4 (segments v4, snapshots v3) -----------------
+//
+// Version 4 adds the `reason` and `reference` of qty-changing writes (a
+// `NoteV4` on those events and on history entries) and holds inside
+// transactions (placed, committed and released hold lists on `Transacted`,
+// holds in its stored response, an `op_index` on the hold rejections and a
+// new `NoteConflict`). Version 3 shapes are read by upgrading them to
+// version 4 (`From<…V3> for …V4`: no notes, no holds in transactions);
+// version 1 goes through version 3 first.
+
+#[derive(Debug, Encode, Decode)]
+struct RecordV4 {
+    lsn: u64,
+    owner: String,
+    event: Option<EventV4>,
+    key: Option<KeyRecordV4>,
+}
+
+/// A write's reason and reference; `None` in the `Option<NoteV4>` that
+/// carries it when both are absent (one byte on disk).
+#[derive(Debug, Encode, Decode)]
+struct NoteV4 {
+    reason: Option<String>,
+    reference: Option<String>,
+}
+
+#[derive(Debug, Encode, Decode)]
+struct TxChangeV4 {
+    change: QtyVersionV1,
+    note: Option<NoteV4>,
+}
+
+#[derive(Debug, Encode, Decode)]
+enum EventV4 {
+    Created {
+        item: ItemV3,
+        note: Option<NoteV4>,
+    },
+    Replaced {
+        item: ItemV3,
+        note: Option<NoteV4>,
+    },
+    QtySet {
+        change: QtyVersionV1,
+        at: i64,
+        note: Option<NoteV4>,
+    },
+    Deleted {
+        id: u128,
+    },
+    Transacted {
+        changes: Vec<TxChangeV4>,
+        placed: Vec<HoldV3>,
+        committed: Vec<u128>,
+        released: Vec<u128>,
+        at: i64,
+    },
+    Reserved {
+        hold: HoldV3,
+        version: u64,
+    },
+    HoldCommitted {
+        hold: u128,
+        change: QtyVersionV1,
+        at: i64,
+        note: Option<NoteV4>,
+    },
+    HoldReleased {
+        hold: u128,
+        version: u64,
+        at: i64,
+    },
+    HoldsExpired {
+        holds: Vec<u128>,
+        at: i64,
+    },
+}
+
+#[derive(Debug, Encode, Decode)]
+struct KeyRecordV4 {
+    key: String,
+    fingerprint: [u8; 32],
+    response: ResponseV4,
+    expires_at: i64,
+}
+
+#[derive(Debug, Encode, Decode)]
+enum ResponseV4 {
+    Created(ItemV3),
+    Updated(ItemV3),
+    Deleted,
+    Transacted(Vec<ItemV3>, Vec<HoldV3>),
+    Rejected(RejectionV4),
+    Reserved(HoldV3, ItemV3),
+}
+
+#[derive(Debug, Encode, Decode)]
+enum RejectionV4 {
+    NotFound {
+        op_index: Option<u32>,
+    },
+    NameTaken,
+    QtyBelowZero {
+        op_index: Option<u32>,
+    },
+    QtyOverflow {
+        op_index: Option<u32>,
+    },
+    VersionMismatch {
+        current: u64,
+    },
+    ItemLimit,
+    InsufficientAvailable {
+        available: u64,
+        op_index: Option<u32>,
+    },
+    HoldLimit {
+        op_index: Option<u32>,
+    },
+    HoldNotFound {
+        op_index: Option<u32>,
+    },
+    NoteConflict {
+        op_index: Option<u32>,
+    },
+}
+
+/// One item's history in a version 3 snapshot (a chunk element).
+#[derive(Debug, Encode, Decode)]
+struct HistoryV4 {
+    item: u128,
+    entries: Vec<EntryV4>,
+}
+
+#[derive(Debug, Encode, Decode)]
+struct EntryV4 {
+    version: u64,
+    at: i64,
+    change: ChangeV3,
+    qty: u64,
+    reserved: u64,
+    delta: i64,
+    key: Option<String>,
+    note: Option<NoteV4>,
+}
+
+// ---- version 3 → version 4 (reading old files) ------------------------------
+
+impl From<EventV3> for EventV4 {
+    fn from(e: EventV3) -> Self {
+        match e {
+            EventV3::Created(item) => EventV4::Created { item, note: None },
+            EventV3::Replaced(item) => EventV4::Replaced { item, note: None },
+            EventV3::QtySet { change, at } => EventV4::QtySet {
+                change,
+                at,
+                note: None,
+            },
+            EventV3::Deleted { id } => EventV4::Deleted { id },
+            EventV3::Transacted { changes, at } => EventV4::Transacted {
+                changes: changes
+                    .into_iter()
+                    .map(|change| TxChangeV4 { change, note: None })
+                    .collect(),
+                placed: Vec::new(),
+                committed: Vec::new(),
+                released: Vec::new(),
+                at,
+            },
+            EventV3::Reserved { hold, version } => EventV4::Reserved { hold, version },
+            EventV3::HoldCommitted { hold, change, at } => EventV4::HoldCommitted {
+                hold,
+                change,
+                at,
+                note: None,
+            },
+            EventV3::HoldReleased { hold, version, at } => {
+                EventV4::HoldReleased { hold, version, at }
+            }
+            EventV3::HoldsExpired { holds, at } => EventV4::HoldsExpired { holds, at },
+        }
+    }
+}
+
+impl From<RejectionV3> for RejectionV4 {
+    fn from(r: RejectionV3) -> Self {
+        match r {
+            RejectionV3::NotFound { op_index } => RejectionV4::NotFound { op_index },
+            RejectionV3::NameTaken => RejectionV4::NameTaken,
+            RejectionV3::QtyBelowZero { op_index } => RejectionV4::QtyBelowZero { op_index },
+            RejectionV3::QtyOverflow { op_index } => RejectionV4::QtyOverflow { op_index },
+            RejectionV3::VersionMismatch { current } => RejectionV4::VersionMismatch { current },
+            RejectionV3::ItemLimit => RejectionV4::ItemLimit,
+            RejectionV3::InsufficientAvailable {
+                available,
+                op_index,
+            } => RejectionV4::InsufficientAvailable {
+                available,
+                op_index,
+            },
+            RejectionV3::HoldLimit => RejectionV4::HoldLimit { op_index: None },
+            RejectionV3::HoldNotFound => RejectionV4::HoldNotFound { op_index: None },
+        }
+    }
+}
+
+impl From<ResponseV3> for ResponseV4 {
+    fn from(r: ResponseV3) -> Self {
+        match r {
+            ResponseV3::Created(i) => ResponseV4::Created(i),
+            ResponseV3::Updated(i) => ResponseV4::Updated(i),
+            ResponseV3::Deleted => ResponseV4::Deleted,
+            ResponseV3::Transacted(items) => ResponseV4::Transacted(items, Vec::new()),
+            ResponseV3::Rejected(rej) => ResponseV4::Rejected(rej.into()),
+            ResponseV3::Reserved(h, i) => ResponseV4::Reserved(h, i),
+        }
+    }
+}
+
+impl From<KeyRecordV3> for KeyRecordV4 {
+    fn from(k: KeyRecordV3) -> Self {
+        KeyRecordV4 {
+            key: k.key,
+            fingerprint: k.fingerprint,
+            response: k.response.into(),
+            expires_at: k.expires_at,
+        }
+    }
+}
+
+impl From<RecordV3> for RecordV4 {
+    fn from(r: RecordV3) -> Self {
+        RecordV4 {
+            lsn: r.lsn,
+            owner: r.owner,
+            event: r.event.map(Into::into),
+            key: r.key.map(Into::into),
+        }
+    }
+}
+
+impl From<EntryV3> for EntryV4 {
+    fn from(e: EntryV3) -> Self {
+        EntryV4 {
+            version: e.version,
+            at: e.at,
+            change: e.change,
+            qty: e.qty,
+            reserved: e.reserved,
+            delta: e.delta,
+            key: e.key,
+            note: None,
+        }
+    }
+}
+
+impl From<HistoryV3> for HistoryV4 {
+    fn from(h: HistoryV3) -> Self {
+        HistoryV4 {
+            item: h.item,
+            entries: h.entries.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
 // ---- version 1 → version 3 (reading old files) ------------------------------
 
 impl From<ItemV1> for ItemV3 {
@@ -375,29 +640,73 @@ impl From<&QtyVersion> for QtyVersionV1 {
     }
 }
 
+// ---- domain → version 3 (tests and golden files of old formats only) ------
+//
+// Only values that version 3 can express: a note, a transaction with hold
+// ops, or a hold rejection with an op index panics (a test bug, never data).
+
+fn assert_no_note(note: &Note) {
+    assert!(note.is_empty(), "version 3 has no reason or reference");
+}
+
 impl From<&Event> for EventV3 {
     fn from(e: &Event) -> Self {
         match e {
-            Event::Created(i) => EventV3::Created(i.into()),
-            Event::Replaced(i) => EventV3::Replaced(i.into()),
-            Event::QtySet { change, at } => EventV3::QtySet {
-                change: change.into(),
-                at: *at,
-            },
+            Event::Created(i, note) => {
+                assert_no_note(note);
+                EventV3::Created(i.into())
+            }
+            Event::Replaced(i, note) => {
+                assert_no_note(note);
+                EventV3::Replaced(i.into())
+            }
+            Event::QtySet { change, at, note } => {
+                assert_no_note(note);
+                EventV3::QtySet {
+                    change: change.into(),
+                    at: *at,
+                }
+            }
             Event::Deleted { id } => EventV3::Deleted { id: id.as_u128() },
-            Event::Transacted { changes, at } => EventV3::Transacted {
-                changes: changes.iter().map(Into::into).collect(),
-                at: *at,
-            },
+            Event::Transacted {
+                changes,
+                placed,
+                committed,
+                released,
+                at,
+            } => {
+                assert!(
+                    placed.is_empty() && committed.is_empty() && released.is_empty(),
+                    "version 3 has no holds in transactions"
+                );
+                EventV3::Transacted {
+                    changes: changes
+                        .iter()
+                        .map(|c| {
+                            assert_no_note(&c.note);
+                            (&c.change).into()
+                        })
+                        .collect(),
+                    at: *at,
+                }
+            }
             Event::Reserved { hold, version } => EventV3::Reserved {
                 hold: hold.into(),
                 version: *version,
             },
-            Event::HoldCommitted { hold, change, at } => EventV3::HoldCommitted {
-                hold: hold.as_u128(),
-                change: change.into(),
-                at: *at,
-            },
+            Event::HoldCommitted {
+                hold,
+                change,
+                at,
+                note,
+            } => {
+                assert_no_note(note);
+                EventV3::HoldCommitted {
+                    hold: hold.as_u128(),
+                    change: change.into(),
+                    at: *at,
+                }
+            }
             Event::HoldReleased { hold, version, at } => EventV3::HoldReleased {
                 hold: hold.as_u128(),
                 version: *version,
@@ -427,8 +736,9 @@ impl From<&Rejection> for RejectionV3 {
                 available,
                 op_index,
             },
-            Rejection::HoldLimit => RejectionV3::HoldLimit,
-            Rejection::HoldNotFound => RejectionV3::HoldNotFound,
+            Rejection::HoldLimit { op_index: None } => RejectionV3::HoldLimit,
+            Rejection::HoldNotFound { op_index: None } => RejectionV3::HoldNotFound,
+            ref other => panic!("version 3 cannot express {other:?}"),
         }
     }
 }
@@ -439,7 +749,8 @@ impl From<&StoredResponse> for ResponseV3 {
             Ok(Outcome::Created(i)) => ResponseV3::Created(i.into()),
             Ok(Outcome::Updated(i)) => ResponseV3::Updated(i.into()),
             Ok(Outcome::Deleted) => ResponseV3::Deleted,
-            Ok(Outcome::Transacted(items)) => {
+            Ok(Outcome::Transacted(items, holds)) => {
+                assert!(holds.is_empty(), "version 3 has no holds in transactions");
                 ResponseV3::Transacted(items.iter().map(Into::into).collect())
             }
             Ok(Outcome::Reserved(h, i)) => ResponseV3::Reserved(h.into(), i.into()),
@@ -474,9 +785,135 @@ impl From<&Change> for ChangeV3 {
     }
 }
 
-impl From<&HistoryEntry> for EntryV3 {
+// ---- domain → version 4 (what this build writes) --------------------------
+
+fn note_v4(note: &Note) -> Option<NoteV4> {
+    if note.is_empty() {
+        return None;
+    }
+    Some(NoteV4 {
+        reason: note.reason().map(|r| r.as_str().to_owned()),
+        reference: note.reference().map(|r| r.as_str().to_owned()),
+    })
+}
+
+impl From<&Event> for EventV4 {
+    fn from(e: &Event) -> Self {
+        match e {
+            Event::Created(i, note) => EventV4::Created {
+                item: i.into(),
+                note: note_v4(note),
+            },
+            Event::Replaced(i, note) => EventV4::Replaced {
+                item: i.into(),
+                note: note_v4(note),
+            },
+            Event::QtySet { change, at, note } => EventV4::QtySet {
+                change: change.into(),
+                at: *at,
+                note: note_v4(note),
+            },
+            Event::Deleted { id } => EventV4::Deleted { id: id.as_u128() },
+            Event::Transacted {
+                changes,
+                placed,
+                committed,
+                released,
+                at,
+            } => EventV4::Transacted {
+                changes: changes
+                    .iter()
+                    .map(|c| TxChangeV4 {
+                        change: (&c.change).into(),
+                        note: note_v4(&c.note),
+                    })
+                    .collect(),
+                placed: placed.iter().map(Into::into).collect(),
+                committed: committed.iter().map(|h| h.as_u128()).collect(),
+                released: released.iter().map(|h| h.as_u128()).collect(),
+                at: *at,
+            },
+            Event::Reserved { hold, version } => EventV4::Reserved {
+                hold: hold.into(),
+                version: *version,
+            },
+            Event::HoldCommitted {
+                hold,
+                change,
+                at,
+                note,
+            } => EventV4::HoldCommitted {
+                hold: hold.as_u128(),
+                change: change.into(),
+                at: *at,
+                note: note_v4(note),
+            },
+            Event::HoldReleased { hold, version, at } => EventV4::HoldReleased {
+                hold: hold.as_u128(),
+                version: *version,
+                at: *at,
+            },
+            Event::HoldsExpired { holds, at } => EventV4::HoldsExpired {
+                holds: holds.iter().map(|h| h.as_u128()).collect(),
+                at: *at,
+            },
+        }
+    }
+}
+
+impl From<&Rejection> for RejectionV4 {
+    fn from(r: &Rejection) -> Self {
+        match *r {
+            Rejection::NotFound { op_index } => RejectionV4::NotFound { op_index },
+            Rejection::NameTaken => RejectionV4::NameTaken,
+            Rejection::QtyBelowZero { op_index } => RejectionV4::QtyBelowZero { op_index },
+            Rejection::QtyOverflow { op_index } => RejectionV4::QtyOverflow { op_index },
+            Rejection::VersionMismatch { current } => RejectionV4::VersionMismatch { current },
+            Rejection::ItemLimit => RejectionV4::ItemLimit,
+            Rejection::InsufficientAvailable {
+                available,
+                op_index,
+            } => RejectionV4::InsufficientAvailable {
+                available,
+                op_index,
+            },
+            Rejection::HoldLimit { op_index } => RejectionV4::HoldLimit { op_index },
+            Rejection::HoldNotFound { op_index } => RejectionV4::HoldNotFound { op_index },
+            Rejection::NoteConflict { op_index } => RejectionV4::NoteConflict { op_index },
+        }
+    }
+}
+
+impl From<&StoredResponse> for ResponseV4 {
+    fn from(r: &StoredResponse) -> Self {
+        match r {
+            Ok(Outcome::Created(i)) => ResponseV4::Created(i.into()),
+            Ok(Outcome::Updated(i)) => ResponseV4::Updated(i.into()),
+            Ok(Outcome::Deleted) => ResponseV4::Deleted,
+            Ok(Outcome::Transacted(items, holds)) => ResponseV4::Transacted(
+                items.iter().map(Into::into).collect(),
+                holds.iter().map(Into::into).collect(),
+            ),
+            Ok(Outcome::Reserved(h, i)) => ResponseV4::Reserved(h.into(), i.into()),
+            Err(rej) => ResponseV4::Rejected(rej.into()),
+        }
+    }
+}
+
+impl From<&KeyRecord> for KeyRecordV4 {
+    fn from(k: &KeyRecord) -> Self {
+        KeyRecordV4 {
+            key: k.key.as_str().to_owned(),
+            fingerprint: k.fingerprint,
+            response: (&k.response).into(),
+            expires_at: k.expires_at,
+        }
+    }
+}
+
+impl From<&HistoryEntry> for EntryV4 {
     fn from(e: &HistoryEntry) -> Self {
-        EntryV3 {
+        EntryV4 {
             version: e.version,
             at: e.at,
             change: (&e.change).into(),
@@ -484,6 +921,7 @@ impl From<&HistoryEntry> for EntryV3 {
             reserved: e.reserved.get(),
             delta: e.delta,
             key: e.key.as_ref().map(|k| k.as_str().to_owned()),
+            note: note_v4(&e.note),
         }
     }
 }
@@ -509,20 +947,28 @@ impl From<&Item> for ItemV1 {
 
 impl From<&Event> for EventV1 {
     fn from(e: &Event) -> Self {
-        match e {
-            Event::Created(i) => EventV1::Created(i.into()),
-            Event::Replaced(i) => EventV1::Replaced(i.into()),
-            Event::QtySet { change, at } => EventV1::QtySet {
-                change: change.into(),
-                at: *at,
-            },
-            Event::Deleted { id } => EventV1::Deleted { id: id.as_u128() },
-            Event::Transacted { changes, at } => EventV1::Transacted {
-                changes: changes.iter().map(Into::into).collect(),
-                at: *at,
-            },
-            other => panic!("version 1 cannot express {other:?}"),
+        // Through version 3, which panics on notes and holds in
+        // transactions; then only version 1's five kinds are left.
+        match EventV3::from(e) {
+            EventV3::Created(i) => EventV1::Created(item_v1(i)),
+            EventV3::Replaced(i) => EventV1::Replaced(item_v1(i)),
+            EventV3::QtySet { change, at } => EventV1::QtySet { change, at },
+            EventV3::Deleted { id } => EventV1::Deleted { id },
+            EventV3::Transacted { changes, at } => EventV1::Transacted { changes, at },
+            _ => panic!("version 1 cannot express {e:?}"),
         }
+    }
+}
+
+fn item_v1(i: ItemV3) -> ItemV1 {
+    assert_eq!(i.reserved, 0, "version 1 has no reservations");
+    ItemV1 {
+        id: i.id,
+        name: i.name,
+        qty: i.qty,
+        version: i.version,
+        created_at: i.created_at,
+        updated_at: i.updated_at,
     }
 }
 
@@ -546,7 +992,7 @@ impl From<&StoredResponse> for ResponseV1 {
             Ok(Outcome::Created(i)) => ResponseV1::Created(i.into()),
             Ok(Outcome::Updated(i)) => ResponseV1::Updated(i.into()),
             Ok(Outcome::Deleted) => ResponseV1::Deleted,
-            Ok(Outcome::Transacted(items)) => {
+            Ok(Outcome::Transacted(items, holds)) if holds.is_empty() => {
                 ResponseV1::Transacted(items.iter().map(Into::into).collect())
             }
             Err(rej) => ResponseV1::Rejected(rej.into()),
@@ -622,84 +1068,136 @@ fn all<V, T: TryFrom<V, Error = CodecError>>(v: Vec<V>) -> Result<Vec<T>, CodecE
     v.into_iter().map(TryInto::try_into).collect()
 }
 
-impl TryFrom<EventV3> for Event {
+fn note(raw: Option<NoteV4>) -> Result<Note, CodecError> {
+    let Some(n) = raw else {
+        return Ok(Note::NONE);
+    };
+    let reason = n
+        .reason
+        .map(|r| Reason::new(&r).map_err(|_| CodecError::Invalid("reason")))
+        .transpose()?;
+    let reference = n
+        .reference
+        .map(|r| Reference::new(&r).map_err(|_| CodecError::Invalid("reference")))
+        .transpose()?;
+    if reason.is_none() && reference.is_none() {
+        return Err(CodecError::Invalid(
+            "a note with neither reason nor reference",
+        ));
+    }
+    Ok(Note::new(reason, reference))
+}
+
+impl TryFrom<EventV4> for Event {
     type Error = CodecError;
-    fn try_from(e: EventV3) -> Result<Self, CodecError> {
+    fn try_from(e: EventV4) -> Result<Self, CodecError> {
+        let ids = |v: Vec<u128>| v.into_iter().map(Uuid::from_u128).collect();
         Ok(match e {
-            EventV3::Created(i) => Event::Created(i.try_into()?),
-            EventV3::Replaced(i) => Event::Replaced(i.try_into()?),
-            EventV3::QtySet { change, at } => Event::QtySet {
+            EventV4::Created { item, note: n } => Event::Created(item.try_into()?, note(n)?),
+            EventV4::Replaced { item, note: n } => Event::Replaced(item.try_into()?, note(n)?),
+            EventV4::QtySet {
+                change,
+                at,
+                note: n,
+            } => Event::QtySet {
                 change: change.try_into()?,
                 at,
+                note: note(n)?,
             },
-            EventV3::Deleted { id } => Event::Deleted {
+            EventV4::Deleted { id } => Event::Deleted {
                 id: Uuid::from_u128(id),
             },
-            EventV3::Transacted { changes, at } => Event::Transacted {
-                changes: all(changes)?,
+            EventV4::Transacted {
+                changes,
+                placed,
+                committed,
+                released,
+                at,
+            } => Event::Transacted {
+                changes: changes
+                    .into_iter()
+                    .map(|c| {
+                        Ok(TxChange {
+                            change: c.change.try_into()?,
+                            note: note(c.note)?,
+                        })
+                    })
+                    .collect::<Result<_, CodecError>>()?,
+                placed: all(placed)?,
+                committed: ids(committed),
+                released: ids(released),
                 at,
             },
-            EventV3::Reserved { hold, version } => Event::Reserved {
+            EventV4::Reserved { hold, version } => Event::Reserved {
                 hold: hold.try_into()?,
                 version,
             },
-            EventV3::HoldCommitted { hold, change, at } => Event::HoldCommitted {
+            EventV4::HoldCommitted {
+                hold,
+                change,
+                at,
+                note: n,
+            } => Event::HoldCommitted {
                 hold: Uuid::from_u128(hold),
                 change: change.try_into()?,
                 at,
+                note: note(n)?,
             },
-            EventV3::HoldReleased { hold, version, at } => Event::HoldReleased {
+            EventV4::HoldReleased { hold, version, at } => Event::HoldReleased {
                 hold: Uuid::from_u128(hold),
                 version,
                 at,
             },
-            EventV3::HoldsExpired { holds, at } => Event::HoldsExpired {
-                holds: holds.into_iter().map(Uuid::from_u128).collect(),
+            EventV4::HoldsExpired { holds, at } => Event::HoldsExpired {
+                holds: ids(holds),
                 at,
             },
         })
     }
 }
 
-impl From<RejectionV3> for Rejection {
-    fn from(r: RejectionV3) -> Self {
+impl From<RejectionV4> for Rejection {
+    fn from(r: RejectionV4) -> Self {
         match r {
-            RejectionV3::NotFound { op_index } => Rejection::NotFound { op_index },
-            RejectionV3::NameTaken => Rejection::NameTaken,
-            RejectionV3::QtyBelowZero { op_index } => Rejection::QtyBelowZero { op_index },
-            RejectionV3::QtyOverflow { op_index } => Rejection::QtyOverflow { op_index },
-            RejectionV3::VersionMismatch { current } => Rejection::VersionMismatch { current },
-            RejectionV3::ItemLimit => Rejection::ItemLimit,
-            RejectionV3::InsufficientAvailable {
+            RejectionV4::NotFound { op_index } => Rejection::NotFound { op_index },
+            RejectionV4::NameTaken => Rejection::NameTaken,
+            RejectionV4::QtyBelowZero { op_index } => Rejection::QtyBelowZero { op_index },
+            RejectionV4::QtyOverflow { op_index } => Rejection::QtyOverflow { op_index },
+            RejectionV4::VersionMismatch { current } => Rejection::VersionMismatch { current },
+            RejectionV4::ItemLimit => Rejection::ItemLimit,
+            RejectionV4::InsufficientAvailable {
                 available,
                 op_index,
             } => Rejection::InsufficientAvailable {
                 available,
                 op_index,
             },
-            RejectionV3::HoldLimit => Rejection::HoldLimit,
-            RejectionV3::HoldNotFound => Rejection::HoldNotFound,
+            RejectionV4::HoldLimit { op_index } => Rejection::HoldLimit { op_index },
+            RejectionV4::HoldNotFound { op_index } => Rejection::HoldNotFound { op_index },
+            RejectionV4::NoteConflict { op_index } => Rejection::NoteConflict { op_index },
         }
     }
 }
 
-impl TryFrom<ResponseV3> for StoredResponse {
+impl TryFrom<ResponseV4> for StoredResponse {
     type Error = CodecError;
-    fn try_from(r: ResponseV3) -> Result<Self, CodecError> {
+    fn try_from(r: ResponseV4) -> Result<Self, CodecError> {
         Ok(match r {
-            ResponseV3::Created(i) => Ok(Outcome::Created(i.try_into()?)),
-            ResponseV3::Updated(i) => Ok(Outcome::Updated(i.try_into()?)),
-            ResponseV3::Deleted => Ok(Outcome::Deleted),
-            ResponseV3::Transacted(items) => Ok(Outcome::Transacted(all(items)?)),
-            ResponseV3::Reserved(h, i) => Ok(Outcome::Reserved(h.try_into()?, i.try_into()?)),
-            ResponseV3::Rejected(rej) => Err(rej.into()),
+            ResponseV4::Created(i) => Ok(Outcome::Created(i.try_into()?)),
+            ResponseV4::Updated(i) => Ok(Outcome::Updated(i.try_into()?)),
+            ResponseV4::Deleted => Ok(Outcome::Deleted),
+            ResponseV4::Transacted(items, holds) => {
+                Ok(Outcome::Transacted(all(items)?, all(holds)?))
+            }
+            ResponseV4::Reserved(h, i) => Ok(Outcome::Reserved(h.try_into()?, i.try_into()?)),
+            ResponseV4::Rejected(rej) => Err(rej.into()),
         })
     }
 }
 
-impl TryFrom<KeyRecordV3> for KeyRecord {
+impl TryFrom<KeyRecordV4> for KeyRecord {
     type Error = CodecError;
-    fn try_from(k: KeyRecordV3) -> Result<Self, CodecError> {
+    fn try_from(k: KeyRecordV4) -> Result<Self, CodecError> {
         Ok(KeyRecord {
             key: IdemKey::parse(&k.key).ok_or(CodecError::Invalid("idempotency key"))?,
             fingerprint: k.fingerprint,
@@ -725,9 +1223,9 @@ impl From<ChangeV3> for Change {
     }
 }
 
-impl TryFrom<EntryV3> for HistoryEntry {
+impl TryFrom<EntryV4> for HistoryEntry {
     type Error = CodecError;
-    fn try_from(e: EntryV3) -> Result<Self, CodecError> {
+    fn try_from(e: EntryV4) -> Result<Self, CodecError> {
         let key = match e.key {
             Some(k) => Some(IdemKey::parse(&k).ok_or(CodecError::Invalid("history key"))?),
             None => None,
@@ -740,13 +1238,14 @@ impl TryFrom<EntryV3> for HistoryEntry {
             reserved: qty(e.reserved)?,
             delta: e.delta,
             key,
+            note: note(e.note)?,
         })
     }
 }
 
-impl TryFrom<HistoryV3> for (Uuid, Vec<HistoryEntry>) {
+impl TryFrom<HistoryV4> for (Uuid, Vec<HistoryEntry>) {
     type Error = CodecError;
-    fn try_from(h: HistoryV3) -> Result<Self, CodecError> {
+    fn try_from(h: HistoryV4) -> Result<Self, CodecError> {
         if h.entries.is_empty() || h.entries.len() > HISTORY_PER_ITEM_MAX {
             return Err(CodecError::Invalid("history length"));
         }
@@ -754,9 +1253,16 @@ impl TryFrom<HistoryV3> for (Uuid, Vec<HistoryEntry>) {
     }
 }
 
-/// Upgrade a decoded version-1 value and convert it (old files).
-fn from_v1<V1, V3: From<V1>, T: TryFrom<V3, Error = CodecError>>(v: V1) -> Result<T, CodecError> {
-    V3::from(v).try_into()
+/// Upgrade a decoded old value one version and convert it (old files).
+fn upgrade<Old, New: From<Old>, T: TryFrom<New, Error = CodecError>>(
+    v: Old,
+) -> Result<T, CodecError> {
+    New::from(v).try_into()
+}
+
+/// A version-1 key record, upgraded through version 3 to version 4.
+fn key_from_v1(k: KeyRecordV1) -> Result<KeyRecord, CodecError> {
+    KeyRecordV4::from(KeyRecordV3::from(k)).try_into()
 }
 
 // ---- records ---------------------------------------------------------------
@@ -766,9 +1272,9 @@ fn from_v1<V1, V3: From<V1>, T: TryFrom<V3, Error = CodecError>>(v: V1) -> Resul
 /// without allocating.
 ///
 /// The fields are encoded one after another, which is byte-for-byte how
-/// bincode encodes `RecordV3` (a struct is the concatenation of its fields);
-/// `decode_payload` reads them back as `RecordV3`. Always the current
-/// version (segment format 3).
+/// bincode encodes `RecordV4` (a struct is the concatenation of its fields);
+/// `decode_payload` reads them back as `RecordV4`. Always the current
+/// version (segment format 4).
 pub fn encode_record(
     lsn: u64,
     owner: &OwnerId,
@@ -776,12 +1282,13 @@ pub fn encode_record(
     key: Option<&KeyRecord>,
     out: &mut Vec<u8>,
 ) {
-    encode_record_version(RECORDS_V3, lsn, owner, event, key, out)
+    encode_record_version(RECORDS_V4, lsn, owner, event, key, out)
 }
 
 /// `encode_record` in the record shapes of segment format
-/// `segment_version`: `RecordV1` below `RECORDS_V3` (tests and golden files
-/// of old formats; panics on values version 1 cannot express).
+/// `segment_version`: `RecordV1` below `RECORDS_V3`, `RecordV3` below
+/// `RECORDS_V4` (tests and golden files of old formats; panics on values
+/// the old version cannot express).
 pub fn encode_record_version(
     segment_version: u32,
     lsn: u64,
@@ -799,7 +1306,10 @@ pub fn encode_record_version(
     let mut enc = |v: &dyn EncodeDyn| v.encode_to(out);
     enc(&lsn);
     enc(&owner.as_str());
-    if segment_version >= RECORDS_V3 {
+    if segment_version >= RECORDS_V4 {
+        enc(&event.map(EventV4::from));
+        enc(&key.map(KeyRecordV4::from));
+    } else if segment_version >= RECORDS_V3 {
         enc(&event.map(EventV3::from));
         enc(&key.map(KeyRecordV3::from));
     } else {
@@ -837,24 +1347,30 @@ pub fn frame_crc(len_bytes: &[u8; 4], payload: &[u8]) -> u32 {
 }
 
 /// Decode a payload whose CRC has been checked, in the current record
-/// format (segment version 3).
+/// format (segment version 4).
 pub fn decode_payload(payload: &[u8]) -> Result<Record, CodecError> {
-    decode_record(payload, RECORDS_V3)
+    decode_record(payload, RECORDS_V4)
 }
 
 /// The first segment version whose records are `RecordV3`; versions 1 and
 /// 2 hold `RecordV1`.
 pub const RECORDS_V3: u32 = 3;
+/// The first segment version whose records are `RecordV4` (reasons and
+/// references, holds in transactions).
+pub const RECORDS_V4: u32 = 4;
 
 /// Decode a payload whose CRC has been checked, from a segment of format
 /// `segment_version`.
 pub fn decode_record(payload: &[u8], segment_version: u32) -> Result<Record, CodecError> {
     let limit = CONFIG.with_limit::<RECORD_BYTES_MAX>();
-    let (raw, used): (RecordV3, usize) = if segment_version >= RECORDS_V3 {
+    let (raw, used): (RecordV4, usize) = if segment_version >= RECORDS_V4 {
         bincode::decode_from_slice(payload, limit)?
+    } else if segment_version >= RECORDS_V3 {
+        let (v3, used): (RecordV3, usize) = bincode::decode_from_slice(payload, limit)?;
+        (v3.into(), used)
     } else {
         let (v1, used): (RecordV1, usize) = bincode::decode_from_slice(payload, limit)?;
-        (v1.into(), used)
+        (RecordV3::from(v1).into(), used)
     };
     if used != payload.len() {
         return Err(CodecError::Trailing(payload.len() - used));
@@ -934,9 +1450,10 @@ pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
 //              SnapOwnerV2 { owner, last_lsn, items, keys, holds, histories } (v2)
 //   2 Items    u32 count, then count × ItemV1 (v1) / ItemV3 (v2)
 //   3 Keys     u32 count, then count × KeyRecordV1 (v1) / KeyRecordV3 (v2)
+//              / KeyRecordV4 (v3)
 //   4 Trailer  SnapTrailerV1 { owners, items, keys }
 //   5 Holds    u32 count, then count × HoldV3                           (v2)
-//   6 History  u32 count, then count × HistoryV3                        (v2)
+//   6 History  u32 count, then count × HistoryV3 (v2) / HistoryV4 (v3)
 
 /// Most items or keys in one snapshot frame.
 pub const SNAP_CHUNK_ELEMS_MAX: u32 = 4096;
@@ -953,6 +1470,9 @@ const SNAP_KIND_HISTORY: u8 = 6;
 /// The first snapshot version with holds and history (and `…V3` items and
 /// keys).
 pub const SNAP_V2: u32 = 2;
+/// The first snapshot version with notes on history entries and
+/// `KeyRecordV4` keys (the rest as version 2).
+pub const SNAP_V3: u32 = 3;
 
 #[derive(Debug, Encode, Decode)]
 struct SnapOwnerV1 {
@@ -1061,7 +1581,7 @@ pub fn encode_snap_history<'a>(
     entries: impl IntoIterator<Item = &'a HistoryEntry>,
     out: &mut Vec<u8>,
 ) {
-    HistoryV3 {
+    HistoryV4 {
         item: item.as_u128(),
         entries: entries.into_iter().map(Into::into).collect(),
     }
@@ -1070,7 +1590,7 @@ pub fn encode_snap_history<'a>(
 
 /// Append one key record (a chunk element) to `out`.
 pub fn encode_snap_key(key: &KeyRecord, out: &mut Vec<u8>) {
-    KeyRecordV3::from(key).encode_to(out);
+    KeyRecordV4::from(key).encode_to(out);
 }
 
 /// A chunk payload: kind, count, then `body` (count encoded elements).
@@ -1113,13 +1633,14 @@ fn decode_chunk<V: Decode<()>, T>(
 }
 
 /// Decode a snapshot frame payload whose CRC has been checked, from a
-/// snapshot of format `version` (1 or `SNAP_V2`).
+/// snapshot of format `version` (1, `SNAP_V2` or `SNAP_V3`).
 pub fn decode_snap_frame(payload: &[u8], version: u32) -> Result<SnapFrame, CodecError> {
     let (&kind, _) = payload
         .split_first()
         .ok_or(CodecError::Invalid("empty snapshot frame"))?;
     let mut at = 1;
     let v2 = version >= SNAP_V2;
+    let v3 = version >= SNAP_V3;
     let owner_id = |raw: &str| OwnerId::new(raw).map_err(|_| CodecError::Invalid("owner id"));
     let frame = match kind {
         SNAP_KIND_OWNER if v2 => {
@@ -1150,22 +1671,28 @@ pub fn decode_snap_frame(payload: &[u8], version: u32) -> Result<SnapFrame, Code
         SNAP_KIND_ITEMS => SnapFrame::Items(decode_chunk(
             payload,
             &mut at,
-            from_v1::<ItemV1, ItemV3, _>,
+            upgrade::<ItemV1, ItemV3, _>,
         )?),
-        SNAP_KIND_KEYS if v2 => {
-            SnapFrame::Keys(decode_chunk(payload, &mut at, KeyRecordV3::try_into)?)
+        SNAP_KIND_KEYS if v3 => {
+            SnapFrame::Keys(decode_chunk(payload, &mut at, KeyRecordV4::try_into)?)
         }
-        SNAP_KIND_KEYS => SnapFrame::Keys(decode_chunk(
+        SNAP_KIND_KEYS if v2 => SnapFrame::Keys(decode_chunk(
             payload,
             &mut at,
-            from_v1::<KeyRecordV1, KeyRecordV3, _>,
+            upgrade::<KeyRecordV3, KeyRecordV4, _>,
         )?),
+        SNAP_KIND_KEYS => SnapFrame::Keys(decode_chunk(payload, &mut at, key_from_v1)?),
         SNAP_KIND_HOLDS if v2 => {
             SnapFrame::Holds(decode_chunk(payload, &mut at, HoldV3::try_into)?)
         }
-        SNAP_KIND_HISTORY if v2 => {
-            SnapFrame::History(decode_chunk(payload, &mut at, HistoryV3::try_into)?)
+        SNAP_KIND_HISTORY if v3 => {
+            SnapFrame::History(decode_chunk(payload, &mut at, HistoryV4::try_into)?)
         }
+        SNAP_KIND_HISTORY if v2 => SnapFrame::History(decode_chunk(
+            payload,
+            &mut at,
+            upgrade::<HistoryV3, HistoryV4, _>,
+        )?),
         SNAP_KIND_TRAILER => {
             let t: SnapTrailerV1 = decode_one(payload, &mut at)?;
             SnapFrame::Trailer(SnapTrailer {
@@ -1229,31 +1756,94 @@ mod tests {
             version: 3,
         };
         let events = [
-            Event::Created(item()),
-            Event::Replaced(item()),
-            Event::QtySet { change, at: 5 },
+            Event::Created(item(), crate::domain::Note::NONE),
+            Event::Replaced(item(), crate::domain::Note::NONE),
+            Event::QtySet {
+                change,
+                at: 5,
+                note: crate::domain::Note::NONE,
+            },
             Event::Deleted {
                 id: Uuid::from_u128(7),
             },
             Event::Transacted {
-                changes: vec![change, change],
+                changes: vec![change.into(), change.into()],
+                placed: vec![],
+                committed: vec![],
+                released: vec![],
                 at: 6,
             },
         ];
         for e in events {
             roundtrip(Some(e), None);
         }
+        // Version 4: notes on every event that carries one, holds in
+        // transactions.
+        use crate::domain::{Reason, Reference};
+        let note = crate::domain::Note::new(
+            Some(Reason::new("sale").unwrap()),
+            Some(Reference::new("order 7 ✓").unwrap()),
+        );
+        let only_ref = crate::domain::Note::new(None, Some(Reference::new("r").unwrap()));
+        let hold = Hold {
+            id: Uuid::from_u128(9),
+            item: Uuid::from_u128(7),
+            qty: Qty::new(2).unwrap(),
+            created_at: 1,
+            expires_at: 2,
+        };
+        let noted = [
+            Event::Created(item(), note.clone()),
+            Event::Replaced(item(), only_ref.clone()),
+            Event::QtySet {
+                change,
+                at: 5,
+                note: note.clone(),
+            },
+            Event::HoldCommitted {
+                hold: hold.id,
+                change,
+                at: 5,
+                note: only_ref,
+            },
+            Event::Transacted {
+                changes: vec![TxChange {
+                    change,
+                    note: note.clone(),
+                }],
+                placed: vec![hold],
+                committed: vec![Uuid::from_u128(10)],
+                released: vec![Uuid::from_u128(11)],
+                at: 6,
+            },
+        ];
+        for e in noted {
+            roundtrip(Some(e), None);
+        }
         let responses = [
             Ok(Outcome::Created(item())),
             Ok(Outcome::Updated(item())),
             Ok(Outcome::Deleted),
-            Ok(Outcome::Transacted(vec![item()])),
+            Ok(Outcome::Transacted(vec![item()], vec![])),
             Err(Rejection::QtyBelowZero { op_index: Some(3) }),
             Err(Rejection::NotFound { op_index: None }),
             Err(Rejection::NameTaken),
             Err(Rejection::QtyOverflow { op_index: None }),
             Err(Rejection::VersionMismatch { current: 4 }),
             Err(Rejection::ItemLimit),
+            Err(Rejection::HoldLimit { op_index: Some(2) }),
+            Err(Rejection::HoldNotFound { op_index: None }),
+            Err(Rejection::NoteConflict { op_index: Some(1) }),
+            Ok(Outcome::Transacted(
+                vec![item()],
+                vec![Hold {
+                    id: Uuid::from_u128(9),
+                    item: Uuid::from_u128(7),
+                    qty: Qty::new(1).unwrap(),
+                    created_at: 1,
+                    expires_at: 2,
+                }],
+            )),
         ];
         for response in responses {
             let key = KeyRecord {
@@ -1278,7 +1868,13 @@ mod tests {
         let mut bad = item();
         bad.qty = Qty::new(1).unwrap();
         let mut buf = Vec::new();
-        encode_record(1, &owner, Some(&Event::Created(bad)), None, &mut buf);
+        encode_record(
+            1,
+            &owner,
+            Some(&Event::Created(bad, crate::domain::Note::NONE)),
+            None,
+            &mut buf,
+        );
         // Patch the qty varint (1) to a huge value by re-encoding by hand.
         let raw = RecordV1 {
             lsn: 1,
@@ -1295,7 +1891,7 @@ mod tests {
         };
         let payload = bincode::encode_to_vec(&raw, CONFIG).unwrap();
         assert!(matches!(
-            decode_payload(&payload),
+            decode_record(&payload, 1),
             Err(CodecError::Invalid(_))
         ));
         let raw = RecordV1 {
@@ -1306,9 +1902,40 @@ mod tests {
         };
         let payload = bincode::encode_to_vec(&raw, CONFIG).unwrap();
         assert!(matches!(
-            decode_payload(&payload),
+            decode_record(&payload, 1),
             Err(CodecError::Invalid(_))
         ));
+        // A note is validated like a request's: a bad reason or reference,
+        // or a note with neither, is refused.
+        for (reason, reference) in [
+            (Some("Sale"), None),
+            (None, Some("a\nb")),
+            (Some(""), None),
+            (None, None),
+        ] {
+            let raw = RecordV4 {
+                lsn: 1,
+                owner: "a".into(),
+                event: Some(EventV4::QtySet {
+                    change: QtyVersionV1 {
+                        id: 1,
+                        qty: 1,
+                        version: 2,
+                    },
+                    at: 0,
+                    note: Some(NoteV4 {
+                        reason: reason.map(Into::into),
+                        reference: reference.map(Into::into),
+                    }),
+                }),
+                key: None,
+            };
+            let payload = bincode::encode_to_vec(&raw, CONFIG).unwrap();
+            assert!(
+                matches!(decode_payload(&payload), Err(CodecError::Invalid(_))),
+                "{reason:?} {reference:?}"
+            );
+        }
         let mut trailing = bincode::encode_to_vec(
             &RecordV1 {
                 lsn: 1,
@@ -1321,7 +1948,7 @@ mod tests {
         .unwrap();
         trailing.push(0);
         assert!(matches!(
-            decode_payload(&trailing),
+            decode_record(&trailing, 1),
             Err(CodecError::Trailing(1))
         ));
     }

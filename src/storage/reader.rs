@@ -469,6 +469,7 @@ pub fn read_range(
             file: std::io::BufReader::new(file),
             buf: Vec::new(),
             offset: 0,
+            version: 0,
         };
         segment.header(entry.first_lsn)?;
         while lsn <= upto {
@@ -500,6 +501,9 @@ struct RangeSegment<'a> {
     /// The current frame (header and payload), reused.
     buf: Vec<u8>,
     offset: u64,
+    /// The segment's format version (from its header): which record
+    /// shapes its frames hold.
+    version: u32,
 }
 
 impl RangeSegment<'_> {
@@ -520,6 +524,7 @@ impl RangeSegment<'_> {
             ));
         }
         self.offset = SEGMENT_HEADER_BYTES as u64;
+        self.version = decoded.version;
         Ok(())
     }
 
@@ -551,7 +556,7 @@ impl RangeSegment<'_> {
         else {
             return Err(bad("record checksum mismatch".into()));
         };
-        let record = codec::decode_payload(payload)
+        let record = codec::decode_record(payload, self.version)
             .map_err(|e| bad(format!("checksum-valid record does not decode: {e}")))?;
         if record.lsn != lsn {
             return Err(bad(format!(

@@ -20,10 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CIQWAL\0\0";
 /// The version this build writes: preallocated, zero tail (as version 2),
-/// records in the version 3 shapes (reservations and history; see
-/// `codec::RECORDS_V3`).
-pub const SEGMENT_VERSION: u32 = 3;
-/// The first preallocated version (zero tail); versions 2 and 3 are.
+/// records in the version 4 shapes (reasons and references, holds in
+/// transactions; see `codec::RECORDS_V4`). Version 3 records
+/// (reservations and history, `codec::RECORDS_V3`) are still read.
+pub const SEGMENT_VERSION: u32 = 4;
+/// The first preallocated version (zero tail); versions 2 to 4 are.
 pub const SEGMENT_VERSION_PREALLOCATED: u32 = 2;
 /// The oldest version this build reads: appended, no zero tail.
 pub const SEGMENT_VERSION_V1: u32 = 1;

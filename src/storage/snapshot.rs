@@ -39,8 +39,9 @@ use crate::domain::{Item, OwnerExtra, OwnerId};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CIQSNAP\0";
 /// The version this build writes: version 1 plus holds and histories
-/// (`codec::SNAP_V2`).
-pub const SNAPSHOT_VERSION: u32 = codec::SNAP_V2;
+/// (`codec::SNAP_V2`), with reasons and references on history entries
+/// (`codec::SNAP_V3`).
+pub const SNAPSHOT_VERSION: u32 = codec::SNAP_V3;
 /// The oldest version this build reads.
 pub const SNAPSHOT_VERSION_V1: u32 = 1;
 pub const SNAPSHOT_HEADER_BYTES: usize = 32;

@@ -151,26 +151,81 @@ fn describe_item(kind: &str, i: &crate::domain::Item, at: i64) -> String {
     )
 }
 
+/// ` reason=… reference=…` (Debug-quoted), or nothing for an empty note.
+fn describe_note(note: &crate::domain::Note) -> String {
+    let mut out = String::new();
+    if let Some(r) = note.reason() {
+        out += &format!(" reason={:?}", r.as_str());
+    }
+    if let Some(r) = note.reference() {
+        out += &format!(" reference={:?}", r.as_str());
+    }
+    out
+}
+
 /// A record in one line, e.g.
 /// `lsn=7 owner=alice QtySet id=… qty=5 v=3 at=… key=k-1`.
 pub fn describe_record(rec: &Record) -> String {
     let event = match &rec.event {
         None => "-".to_string(),
-        Some(Event::Created(i)) => describe_item("Created", i, i.created_at),
-        Some(Event::Replaced(i)) => describe_item("Replaced", i, i.updated_at),
-        Some(Event::QtySet { change, at }) => format!(
-            "QtySet id={} qty={} v={} at={at}",
+        Some(Event::Created(i, note)) => {
+            describe_item("Created", i, i.created_at) + &describe_note(note)
+        }
+        Some(Event::Replaced(i, note)) => {
+            describe_item("Replaced", i, i.updated_at) + &describe_note(note)
+        }
+        Some(Event::QtySet { change, at, note }) => format!(
+            "QtySet id={} qty={} v={} at={at}{}",
             change.id,
             change.qty.get(),
-            change.version
+            change.version,
+            describe_note(note)
         ),
         Some(Event::Deleted { id }) => format!("Deleted id={id}"),
-        Some(Event::Transacted { changes, at }) => {
+        Some(Event::Transacted {
+            changes,
+            placed,
+            committed,
+            released,
+            at,
+        }) => {
             let parts: Vec<String> = changes
                 .iter()
-                .map(|c| format!("{}:{}@v{}", c.id, c.qty.get(), c.version))
+                .map(|c| {
+                    let q = &c.change;
+                    let note = describe_note(&c.note);
+                    format!("{}:{}@v{}{note}", q.id, q.qty.get(), q.version)
+                })
                 .collect();
-            format!("Transacted at={at} [{}]", parts.join(", "))
+            let mut line = format!("Transacted at={at} [{}]", parts.join(", "));
+            let ids = |v: &[uuid::Uuid]| {
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !placed.is_empty() {
+                let holds: Vec<String> = placed
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{}:{}x{} expires={}",
+                            h.id,
+                            h.item,
+                            h.qty.get(),
+                            h.expires_at
+                        )
+                    })
+                    .collect();
+                line += &format!(" reserved=[{}]", holds.join(", "));
+            }
+            if !committed.is_empty() {
+                line += &format!(" committed=[{}]", ids(committed));
+            }
+            if !released.is_empty() {
+                line += &format!(" released=[{}]", ids(released));
+            }
+            line
         }
         Some(Event::Reserved { hold, version }) => format!(
             "Reserved hold={} id={} qty={} v={version} at={} expires={}",
@@ -180,11 +235,17 @@ pub fn describe_record(rec: &Record) -> String {
             hold.created_at,
             hold.expires_at
         ),
-        Some(Event::HoldCommitted { hold, change, at }) => format!(
-            "HoldCommitted hold={hold} id={} qty={} v={} at={at}",
+        Some(Event::HoldCommitted {
+            hold,
+            change,
+            at,
+            note,
+        }) => format!(
+            "HoldCommitted hold={hold} id={} qty={} v={} at={at}{}",
             change.id,
             change.qty.get(),
-            change.version
+            change.version,
+            describe_note(note)
         ),
         Some(Event::HoldReleased { hold, version, at }) => {
             format!("HoldReleased hold={hold} v={version} at={at}")

@@ -258,6 +258,7 @@ pub async fn create_item(node: &countiq::node::Node, owner: &OwnerId, name: &str
     let cmd = Command::Create {
         name: ItemName::new(name).unwrap(),
         qty: Qty::ZERO,
+        note: countiq::domain::Note::NONE,
     };
     match node.registry().write(owner, cmd, None).await {
         Ok(Written::Done {

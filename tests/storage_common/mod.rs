@@ -61,22 +61,32 @@ pub fn sample_history(o: &str) -> Vec<Record> {
     let created = item(1, "milk", 3, 1, 10);
     let rows: Vec<(Option<Event>, Option<KeyRecord>)> = vec![
         (
-            Some(Event::Created(created.clone())),
+            Some(Event::Created(created.clone(), countiq::domain::Note::NONE)),
             Some(key("k-1", 1, Ok(Outcome::Created(created)), far)),
         ),
-        (Some(Event::Created(item(2, "eggs", 12, 1, 11))), None),
+        (
+            Some(Event::Created(
+                item(2, "eggs", 12, 1, 11),
+                countiq::domain::Note::NONE,
+            )),
+            None,
+        ),
         (
             Some(Event::QtySet {
                 change: change(1, 5, 2),
                 at: 12,
+                note: countiq::domain::Note::NONE,
             }),
             None,
         ),
         (
-            Some(Event::Replaced(Item {
-                updated_at: 13,
-                ..item(2, "Eggs (dozen)", 10, 2, 11)
-            })),
+            Some(Event::Replaced(
+                Item {
+                    updated_at: 13,
+                    ..item(2, "Eggs (dozen)", 10, 2, 11)
+                },
+                countiq::domain::Note::NONE,
+            )),
             None,
         ),
         (
@@ -90,7 +100,10 @@ pub fn sample_history(o: &str) -> Vec<Record> {
         ),
         (
             Some(Event::Transacted {
-                changes: vec![change(1, 4, 3), change(2, 15, 3)],
+                changes: vec![change(1, 4, 3).into(), change(2, 15, 3).into()],
+                placed: vec![],
+                committed: vec![],
+                released: vec![],
                 at: 14,
             }),
             None,
@@ -99,7 +112,13 @@ pub fn sample_history(o: &str) -> Vec<Record> {
             Some(Event::Deleted { id: id(1) }),
             Some(key("k-3", 3, Ok(Outcome::Deleted), far)),
         ),
-        (Some(Event::Created(item(3, "flour", 1, 1, 15))), None),
+        (
+            Some(Event::Created(
+                item(3, "flour", 1, 1, 15),
+                countiq::domain::Note::NONE,
+            )),
+            None,
+        ),
     ];
     rows.into_iter()
         .enumerate()
@@ -259,7 +278,7 @@ pub fn lsn_record(lsn: u64) -> (Event, Option<KeyRecord>) {
     let it = item(lsn as u128, &format!("n{lsn}"), lsn % 1000, 1, lsn as i64);
     let k =
         (lsn % 3 == 0).then(|| key(&format!("k{lsn}"), 7, Ok(Outcome::Created(it.clone())), FAR));
-    (Event::Created(it), k)
+    (Event::Created(it, countiq::domain::Note::NONE), k)
 }
 
 /// Check a recovered state written by `lsn_record` appenders: it holds
@@ -274,7 +293,7 @@ pub fn check_lsn_prefix(
     for (o, r) in &rec.owners {
         for it in r.state.items() {
             let lsn = it.id.as_u128() as u64;
-            let (Event::Created(want), k) = lsn_record(lsn) else {
+            let (Event::Created(want, countiq::domain::Note::NONE), k) = lsn_record(lsn) else {
                 unreachable!()
             };
             if owner_of.get(&lsn) != Some(o) {
