@@ -309,7 +309,9 @@ pub(crate) struct CallGuard<'a>(&'a CallsInFlight);
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        (self.0)
+            .0
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -410,9 +412,8 @@ impl OwnerActor {
             // request at a time, nobody else about to send; handle it now
             // (a yield costs a round through the scheduler, which wakes the
             // other worker to steal).
-            let alone = received == 1
-                && self.shared.calls.get() <= 1
-                && self.shared.log.pipeline.is_idle();
+            let alone =
+                received == 1 && self.shared.calls.get() <= 1 && self.shared.log.pipeline.is_idle();
             if received < MAILBOX_BATCH_MAX && !alone {
                 // Let the callers that are ready to run send first, then take
                 // what they sent too: one wake-up and one pass per batch of

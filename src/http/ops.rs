@@ -26,7 +26,12 @@ pub(super) async fn healthz() -> impl IntoResponse {
     (status = 503, response = openapi::Unavailable)
 ))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    if let Some(why) = state.auth().not_ready_reason() {
+    // Recovering (or stopping, or the log failed) comes first: a provider
+    // reason shown meanwhile would say the owner routes answer, and they
+    // do not yet.
+    if !state.is_serving() {
+        ApiError::NotReady.into_response()
+    } else if let Some(why) = state.auth().not_ready_reason() {
         ApiError::NotReadyBecause(why).into_response()
     } else if state.is_ready() {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::codec::encode_record;
 use super::segment::{DirDisk, LogDisk, SegmentFile, SEGMENT_BYTES_DEFAULT, SEGMENT_HEADER_BYTES};
-use crate::domain::{Event, OwnerId, Qty, QtyVersion};
+use crate::domain::{Event, Note, OwnerId, Qty, QtyVersion};
 
 /// Default number of append + sync rounds.
 pub const PROBE_COUNT_DEFAULT: u32 = 2000;
@@ -66,6 +66,7 @@ pub fn patch_record_bytes() -> u32 {
             version: 1_000_000,
         },
         at,
+        note: Note::default(),
     };
     let mut frame = Vec::new();
     encode_record(1_000_000, &owner, Some(&event), None, &mut frame);
