@@ -220,6 +220,7 @@ mod tests {
                 version: 1_000_000,
             },
             at: 1_800_000_000_000_000,
+            note: Note::default(),
         };
         let mut frame = Vec::new();
         encode_record(1_000_000, &owner, Some(&event), None, &mut frame);
