@@ -248,7 +248,7 @@ fn inconsistent_provider_flags_stop_the_start() {
             ],
             "https",
         ),
-        (&["--leeway", "10m"], "at most 5m"),
+        (&["--leeway", "10m"], "must be between 0s and 5m"),
     ];
     for (flags, says) in cases {
         let mut args = vec!["serve", "--addr", "127.0.0.1:0", "--data-dir", data];
