@@ -1,21 +1,15 @@
-//! Goal: open-loop latency measures the server, not the pacing timer. At a
-//! low rate no request waits behind another, so the open-loop p50 (counted
-//! from each request's intended send time) must agree with the closed-loop
-//! p50 (counted from the actual send) against the same server.
+//! Goal: open-loop latency measures the server, not the pacing timer: it
+//! is counted from each request's intended send time, the intended times
+//! follow the schedule exactly, and no request is sent before its time.
 //!
 //! Method: the stub of `common` with a known service time (every PATCH
-//! busy-waits 200 µs, no sleep); one connection; a closed-loop run of
-//! 1,000 requests, then an open-loop run at 500 req/s for 2 s (1,000
-//! requests), side by side, in 3 interleaved rounds. The assertion is on
-//! the measurement's correctness with a generous margin (best open-loop
-//! p50 ≤ 2 × median closed-loop p50 + 250 µs; the old pacer is ~1 ms
-//! late), and on the pacer's own part: the median send leaves at most
-//! 200 µs after its intended time (`--history`). Not on speed: the margin
-//! covers what an idle gap between
-//! requests itself costs (the runtime's threads park and must be woken,
-//! which a closed loop never pays). The old tokio-timer pacing, run too
-//! for the record, was about 1 ms late. The numbers are printed
-//! (`--nocapture`).
+//! busy-waits 200 µs, no sleep); one connection at 500 req/s for 2 s
+//! (1,000 requests) with `--history`, which records each attempt's
+//! intended and actual send time and its completion. Exact checks on that
+//! file; no assertion on speed, which the box's other load decides (the
+//! closed-loop, open-loop and `--coarse-pacing` p50s of three interleaved
+//! rounds are printed with `--nocapture`, for the record: BENCHMARKS
+//! history, "Open-loop pacing").
 
 mod common;
 
@@ -46,13 +40,73 @@ async fn p50(url: &str, extra: &[&str]) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_loop_p50_at_low_rate_matches_closed_loop() {
+async fn open_loop_latency_counts_from_the_schedule_and_never_sends_early() {
     let url = common::start_with(common::Mode::Honest, Duration::ZERO, SERVICE).await;
     // Warm the connection path once (first-use costs stay out of both).
     p50(&url, &["--requests", "1000", "--duration", "60s"]).await;
-    // Three interleaved rounds. A late pacer is late in every round; the
-    // box's other load is not, so the best open-loop round is compared
-    // with the median closed-loop one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("h.jsonl");
+    let path = file.to_str().expect("utf-8 path");
+    let reported = p50(
+        &url,
+        &["--rate", "500", "--duration", "2s", "--history", path],
+    )
+    .await;
+    let mut records = countiq_load::history::read(&file).expect("history");
+    // The one virtual client's attempts (not the set-up's or the final
+    // reads, which no schedule paces).
+    records.retain(|r| r.client == 0);
+    records.sort_by_key(|r| r.id);
+    assert!(records.len() >= 900, "{} records", records.len());
+    let mut from_schedule = Vec::new();
+    let mut late = Vec::new();
+    let mut previous: Option<u64> = None;
+    for r in &records {
+        let intended = r
+            .intended_ns
+            .expect("open loop: every attempt has its intended time");
+        assert!(
+            r.invoke_ns >= intended,
+            "request {} sent {} ns before its time",
+            r.id,
+            intended - r.invoke_ns
+        );
+        if let Some(p) = previous {
+            // 500 req/s on one connection: one every 2 ms, to the ns
+            // (rounding of the two conversions aside).
+            let gap = intended - p;
+            assert!(
+                gap.abs_diff(2_000_000) <= 2,
+                "intended times {gap} ns apart"
+            );
+        }
+        previous = Some(intended);
+        let complete = r.complete_ns.expect("the stub answers every request");
+        from_schedule.push((complete - intended) / 1_000);
+        late.push((r.invoke_ns - intended) / 1_000);
+    }
+    from_schedule.sort_unstable();
+    late.sort_unstable();
+    let ours = from_schedule[(from_schedule.len() - 1) / 2];
+    // The report's histogram keeps 3 significant digits.
+    assert!(
+        reported.abs_diff(ours) <= ours / 100 + 2,
+        "report p50 {reported} µs, from the schedule {ours} µs"
+    );
+    eprintln!(
+        "pacing: open-loop p50 {ours} µs, send lateness p50 {} µs over {} sends",
+        late[late.len() / 2],
+        late.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pacing_figures_for_the_record() {
+    // Goal: print closed-loop, open-loop and `--coarse-pacing` p50s side by
+    // side (three interleaved rounds) for BENCHMARKS; asserts only that
+    // every run completed. Method: as above, without the history.
+    let url = common::start_with(common::Mode::Honest, Duration::ZERO, SERVICE).await;
+    p50(&url, &["--requests", "1000", "--duration", "60s"]).await;
     let (mut closed, mut open, mut coarse) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         closed.push(p50(&url, &["--requests", "1000", "--duration", "60s"]).await);
@@ -61,34 +115,4 @@ async fn open_loop_p50_at_low_rate_matches_closed_loop() {
         coarse.push(p50(&url, &old).await);
     }
     eprintln!("pacing: closed-loop p50 {closed:?} µs, open-loop p50 {open:?} µs (tokio timer alone: {coarse:?} µs)");
-    closed.sort_unstable();
-    let (closed, best_open) = (
-        closed[ROUNDS / 2],
-        open.iter().copied().min().expect("rounds"),
-    );
-    assert!(
-        best_open as f64 <= closed as f64 * 2.0 + 250.0,
-        "open-loop p50 {best_open} µs vs closed-loop {closed} µs"
-    );
-    // The pacer's own part, from the history: how late each send left.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("h.jsonl");
-    let path = file.to_str().expect("utf-8 path");
-    p50(
-        &url,
-        &["--rate", "500", "--duration", "2s", "--history", path],
-    )
-    .await;
-    let records = countiq_load::history::read(&file).expect("history");
-    let mut late: Vec<u64> = records
-        .iter()
-        .filter_map(|r| Some(r.invoke_ns.saturating_sub(r.intended_ns?) / 1_000))
-        .collect();
-    late.sort_unstable();
-    let late_p50 = late[late.len() / 2];
-    eprintln!(
-        "pacing: send lateness p50 {late_p50} µs over {} sends",
-        late.len()
-    );
-    assert!(late_p50 <= 200, "sends left {late_p50} µs late at p50");
 }
