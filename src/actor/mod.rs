@@ -51,6 +51,11 @@ const MAILBOX_BATCH_MAX: usize = 256;
 /// requests from its one worker was 7-10% slower than the writer thread,
 /// whose replies wake handlers on both workers.
 const LEAD_PASS_MAX: usize = 1;
+/// Lone passes in a row (this one included) before an actor leads the log
+/// on its own thread (`OwnerActor::commit`). Three: at 4-8 connections a
+/// pass is alone now and then by chance, and leading then was 8-15%
+/// slower than handing off (BENCHMARKS.md, issue 19).
+const LEAD_AFTER_LONE_PASSES: u32 = 3;
 
 /// A read's answer and the owner's LSN it reflects: the state after every
 /// record of this owner up to `lsn` (0: nothing was ever logged).
@@ -340,6 +345,9 @@ struct OwnerActor {
     /// append that found the log idle, resolved by [`Self::commit`] at the
     /// end of the same pass, never held across an `.await`.
     lead: Option<Leading<Reply>>,
+    /// Passes in a row that were alone (one request, the only call in
+    /// flight on the node): the lead is taken only after a streak.
+    lone_passes: u32,
 }
 
 /// Start an actor for `owner` with `state`; returns its handle.
@@ -361,6 +369,7 @@ fn spawn(
         shared,
         slot,
         lead: None,
+        lone_passes: 0,
     };
     tokio::spawn(actor.run());
     OwnerHandle { tx }
@@ -446,10 +455,21 @@ impl OwnerActor {
     /// writer thread takes the batch and this actor goes on applying
     /// messages while it syncs (pipelining): a worker blocked in fdatasync
     /// would also stop polling the sockets of the requests that wait.
+    ///
+    /// A pass that is alone only by chance (a few clients, all between two
+    /// requests at that moment) would block this worker while the others
+    /// arrive, so the actor leads only after `LEAD_AFTER_LONE_PASSES` lone
+    /// passes in a row: a client that sends one request at a time.
     fn commit(&mut self, handled: usize) {
+        let alone =
+            handled <= LEAD_PASS_MAX && self.shared.calls.get() <= handled && self.rx.is_empty();
+        self.lone_passes = if alone {
+            self.lone_passes.saturating_add(1)
+        } else {
+            0
+        };
         if let Some(lead) = self.lead.take() {
-            let alone = self.shared.calls.get() <= handled && self.rx.is_empty();
-            if handled <= LEAD_PASS_MAX && alone {
+            if alone && self.lone_passes >= LEAD_AFTER_LONE_PASSES {
                 lead.persist();
             } else {
                 lead.hand_off();
