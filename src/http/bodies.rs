@@ -50,6 +50,40 @@ impl<T: Serialize> Serialize for Obj<T> {
     }
 }
 
+/// Defines a body type that changes qty, with its optional `reason` and
+/// `reference` (the write's note; API.md "Reasons and references") as its
+/// last two fields: the two fields are written once here for every such
+/// body (`serde(flatten)` cannot be combined with `deny_unknown_fields`).
+/// They stay last, so a body's serialised form, and with it the fingerprint
+/// of a stored key, is what it was.
+macro_rules! noted_body {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident {
+        $($(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty,)*
+    }) => {
+        $(#[$meta])* $vis struct $name {
+            $($(#[$fmeta])* $fvis $field: $ty,)*
+            /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
+            #[serde(
+                default,
+                deserialize_with = "present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
+            pub reason: Option<String>,
+            /// What the change refers to, e.g. an order id: printable text, at most
+            /// 128 bytes of UTF-8 (no control characters), kept as sent.
+            #[serde(
+                default,
+                deserialize_with = "present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
+            pub reference: Option<String>,
+        }
+    };
+}
+
+noted_body! {
 /// A new item. `name` is trimmed; unique per owner, case-insensitively.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,25 +96,10 @@ pub(super) struct CreateBody {
     #[serde(default)]
     #[schema(default = 0)]
     pub qty: i64,
-    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
-    pub reason: Option<String>,
-    /// What the change refers to, e.g. an order id: printable text, at most
-    /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
-    pub reference: Option<String>,
+}
 }
 
+noted_body! {
 /// A full replacement: both fields are required.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -90,70 +109,24 @@ pub(super) struct ReplaceBody {
     )]
     pub name: String,
     pub qty: i64,
-    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
-    pub reason: Option<String>,
-    /// What the change refers to, e.g. an order id: printable text, at most
-    /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
-    pub reference: Option<String>,
+}
 }
 
+noted_body! {
 /// A quantity change, applied atomically.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AdjustBody {
     pub delta: i64,
-    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
-    pub reason: Option<String>,
-    /// What the change refers to, e.g. an order id: printable text, at most
-    /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
-    pub reference: Option<String>,
+}
 }
 
+noted_body! {
 /// The optional body of `POST /reservations/{id}/commit`.
 #[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CommitBody {
-    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
-    pub reason: Option<String>,
-    /// What the change refers to, e.g. an order id: printable text, at most
-    /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
-    pub reference: Option<String>,
+}
 }
 
 impl CommitBody {
@@ -200,29 +173,14 @@ pub(super) enum TxOpBody {
     },
 }
 
+noted_body! {
 /// Add `delta` to the item's qty.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TxAdjustBody {
     pub item: Uuid,
     pub delta: i64,
-    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
-    pub reason: Option<String>,
-    /// What the change refers to, e.g. an order id: printable text, at most
-    /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
-    pub reference: Option<String>,
+}
 }
 
 /// Hold `qty` (≥ 1) units of `item` for `ttl` seconds, as `POST
@@ -236,28 +194,13 @@ pub(super) struct TxReserveBody {
     pub ttl: i64,
 }
 
+noted_body! {
 /// Commit an open hold, as `POST /reservations/{id}/commit` does.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TxCommitBody {
     pub reservation: Uuid,
-    /// Why qty changed: a short code, e.g. `sale`, `restock`, `correction`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[a-z][a-z0-9_.-]*$", example = "sale")]
-    pub reason: Option<String>,
-    /// What the change refers to, e.g. an order id: printable text, at most
-    /// 128 bytes of UTF-8 (no control characters), kept as sent.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = String, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", example = "order-1042")]
-    pub reference: Option<String>,
+}
 }
 
 /// Release an open hold (one that is not open refuses the transaction).
