@@ -186,6 +186,24 @@ fn writer<const F: u8>(p: &Pipeline<TestWaiter, F>, disk: &Disk, sync: SyncResul
         .store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// A fresh disk, a pipeline starting at LSN 1, and the model's writer
+/// thread on them (`sync`: how its batches with records end).
+fn start<const F: u8>(
+    sync: SyncResult,
+) -> (
+    Arc<Disk>,
+    Arc<Pipeline<TestWaiter, F>>,
+    thread::JoinHandle<()>,
+) {
+    let disk = Arc::new(Disk::default());
+    let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
+    let w = {
+        let (p, disk) = (p.clone(), disk.clone());
+        thread::spawn(move || writer(&p, &disk, sync))
+    };
+    (disk, p, w)
+}
+
 /// An appender that leads when it finds the log idle (as an owner actor
 /// does: `Appender::append`, then `Leading::persist`): append with a
 /// waiter; if it got the token, take the batch, "write + sync" it (or fail
@@ -230,12 +248,7 @@ fn append_and_lead<const F: u8>(
 /// batch whose waiters have LSNs beyond its last LSN.
 fn durable_before_ok<const F: u8>(preemptions: usize) {
     check(preemptions, || {
-        let disk = Arc::new(Disk::default());
-        let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
-        let w = {
-            let (p, disk) = (p.clone(), disk.clone());
-            thread::spawn(move || writer(&p, &disk, SyncResult::Succeeds))
-        };
+        let (disk, p, w) = start::<F>(SyncResult::Succeeds);
         let a = {
             let (p, disk) = (p.clone(), disk.clone());
             thread::spawn(move || {
@@ -286,12 +299,7 @@ fn durable_before_ok_catches_early_watermark() {
 /// waiter not queued at all when the fast-path check missed.
 fn when_durable_race<const F: u8>(preemptions: usize) {
     check(preemptions, || {
-        let disk = Arc::new(Disk::default());
-        let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
-        let w = {
-            let (p, disk) = (p.clone(), disk.clone());
-            thread::spawn(move || writer(&p, &disk, SyncResult::Succeeds))
-        };
+        let (disk, p, w) = start::<F>(SyncResult::Succeeds);
         let other = {
             let (p, disk) = (p.clone(), disk.clone());
             thread::spawn(move || {
@@ -340,12 +348,7 @@ fn when_durable_race_catches_skipped_wake() {
 /// watermark published before the sync that then failed).
 fn fail_completes_all<const F: u8>(preemptions: usize) {
     check(preemptions, || {
-        let disk = Arc::new(Disk::default());
-        let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
-        let w = {
-            let (p, disk) = (p.clone(), disk.clone());
-            thread::spawn(move || writer(&p, &disk, SyncResult::Fails))
-        };
+        let (disk, p, w) = start::<F>(SyncResult::Fails);
         let a = {
             let (p, disk) = (p.clone(), disk.clone());
             thread::spawn(move || {
@@ -409,12 +412,7 @@ fn fail_catches_ok_for_failed_lsn() {
 /// never come).
 fn close_drains<const F: u8>(preemptions: usize) {
     check(preemptions, || {
-        let disk = Arc::new(Disk::default());
-        let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
-        let w = {
-            let (p, disk) = (p.clone(), disk.clone());
-            thread::spawn(move || writer(&p, &disk, SyncResult::Succeeds))
-        };
+        let (disk, p, w) = start::<F>(SyncResult::Succeeds);
         let appender = |n: usize| {
             let (p, disk) = (p.clone(), disk.clone());
             thread::spawn(move || {
@@ -477,12 +475,7 @@ fn close_catches_dropped_pending() {
 /// the leader's path.
 fn leaders<const F: u8>(preemptions: usize) {
     check(preemptions, || {
-        let disk = Arc::new(Disk::default());
-        let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
-        let w = {
-            let (p, disk) = (p.clone(), disk.clone());
-            thread::spawn(move || writer(&p, &disk, SyncResult::Succeeds))
-        };
+        let (disk, p, w) = start::<F>(SyncResult::Succeeds);
         let a = {
             let (p, disk) = (p.clone(), disk.clone());
             thread::spawn(move || {
@@ -560,12 +553,7 @@ fn leaders_catch_early_watermark() {
 /// Catches: waiters left queued by the failing leader.
 fn leader_fails<const F: u8>(preemptions: usize) {
     check(preemptions, || {
-        let disk = Arc::new(Disk::default());
-        let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
-        let w = {
-            let (p, disk) = (p.clone(), disk.clone());
-            thread::spawn(move || writer(&p, &disk, SyncResult::Fails))
-        };
+        let (disk, p, w) = start::<F>(SyncResult::Fails);
         let a = {
             let (p, disk) = (p.clone(), disk.clone());
             thread::spawn(move || append_and_lead(&p, &disk, SyncResult::Fails).1)
@@ -605,12 +593,7 @@ fn leader_failure_catches_forgotten_queued_waiters() {
 /// Catches: a writer that stops on `closing` while the token is held.
 fn close_with_leader<const F: u8>(preemptions: usize) {
     check(preemptions, || {
-        let disk = Arc::new(Disk::default());
-        let p = Arc::new(Pipeline::<TestWaiter, F>::new(1));
-        let w = {
-            let (p, disk) = (p.clone(), disk.clone());
-            thread::spawn(move || writer(&p, &disk, SyncResult::Succeeds))
-        };
+        let (disk, p, w) = start::<F>(SyncResult::Succeeds);
         let a = {
             let (p, disk) = (p.clone(), disk.clone());
             thread::spawn(move || append_and_lead(&p, &disk, SyncResult::Succeeds))
