@@ -44,17 +44,12 @@ use crate::storage::wal::{Appender, Leading};
 pub const MAILBOX_DEPTH_DEFAULT: usize = 4096;
 /// Messages an actor takes from its mailbox per wake-up.
 const MAILBOX_BATCH_MAX: usize = 256;
-/// The largest pass over the mailbox after which an actor that leads the
-/// log writes and syncs on its own thread (`OwnerActor::commit`); larger
-/// passes hand the batch to the writer thread. One: measured at 1-64
-/// connections (BENCHMARKS.md, issue 19), a leader that answered 4-8
-/// requests from its one worker was 7-10% slower than the writer thread,
-/// whose replies wake handlers on both workers.
-const LEAD_PASS_MAX: usize = 1;
 /// Lone passes in a row (this one included) before an actor leads the log
 /// on its own thread (`OwnerActor::commit`). Three: at 4-8 connections a
 /// pass is alone now and then by chance, and leading then was 8-15%
-/// slower than handing off (BENCHMARKS.md, issue 19).
+/// slower than handing off; a leader answering 4-8 requests from its one
+/// worker was slower too, so a lone pass is one request
+/// (BENCHMARKS.md, issue 19).
 const LEAD_AFTER_LONE_PASSES: u32 = 3;
 
 /// A read's answer and the owner's LSN it reflects: the state after every
@@ -417,13 +412,11 @@ impl OwnerActor {
                 // Every handle is gone: the registry was dropped (shutdown).
                 return;
             }
-            // One message, the only call in flight, and an idle log: one
-            // request at a time, nobody else about to send; handle it now
-            // (a yield costs a round through the scheduler, which wakes the
-            // other worker to steal).
-            let alone =
-                received == 1 && self.shared.calls.get() <= 1 && self.shared.log.pipeline.is_idle();
-            if received < MAILBOX_BATCH_MAX && !alone {
+            // One message, the only call in flight: one request at a time,
+            // nobody else about to send; handle it now (a yield costs a
+            // round through the scheduler, which wakes the other worker to
+            // steal).
+            if received < MAILBOX_BATCH_MAX && !self.alone(received) {
                 // Let the callers that are ready to run send first, then take
                 // what they sent too: one wake-up and one pass per batch of
                 // requests instead of one per request (tokio's LIFO slot
@@ -461,8 +454,7 @@ impl OwnerActor {
     /// arrive, so the actor leads only after `LEAD_AFTER_LONE_PASSES` lone
     /// passes in a row: a client that sends one request at a time.
     fn commit(&mut self, handled: usize) {
-        let alone =
-            handled <= LEAD_PASS_MAX && self.shared.calls.get() <= handled && self.rx.is_empty();
+        let alone = self.alone(handled) && self.rx.is_empty();
         self.lone_passes = if alone {
             self.lone_passes.saturating_add(1)
         } else {
@@ -651,6 +643,12 @@ impl OwnerActor {
         // On Err the pipeline has already failed the reply (503); the log is
         // dead and the node is stopping, so the in-memory state no longer
         // matters.
+    }
+
+    /// A pass of `messages` is alone when it is one request and that
+    /// request is the only call in flight on the node.
+    fn alone(&self, messages: usize) -> bool {
+        messages == 1 && self.shared.calls.get() <= 1
     }
 
     /// Keep the commit token an append gave this actor (at most one: the

@@ -193,11 +193,6 @@ impl<W: Waiter, const FAULT: u8> Pipeline<W, FAULT> {
         self.lock().next_lsn
     }
 
-    /// Whether the log is idle: nothing pending, nobody holds the token.
-    pub fn is_idle(&self) -> bool {
-        self.lock().token == Token::Free
-    }
-
     /// Bytes waiting for the writer (backpressure).
     pub fn pending_bytes(&self) -> usize {
         self.lock().bytes.len()
