@@ -42,6 +42,11 @@ metric() {
   awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.9f\n", s + 0 }' "$2"
 }
 
+# delta NAME BEFORE AFTER : how much NAME grew between two scrapes.
+delta() {
+  awk -v a="$(metric "$1" "$3")" -v b="$(metric "$1" "$2")" 'BEGIN { print a - b }'
+}
+
 # one BIN CONNS ROUND : one server, one load run; appends a line to $RAW.
 one() {
   local bin="$1" conns="$2" round="$3" port pid dir json before after perfout
@@ -71,11 +76,11 @@ one() {
   rps="$(jq -r '.requests_per_s' "$json")"
   p50="$(jq -r '.latency_us.p50' "$json")"
   p99="$(jq -r '.latency_us.p99' "$json")"
-  fsync_s="$(awk -v a="$(metric countiq_wal_fsync_seconds_sum "$after")" -v b="$(metric countiq_wal_fsync_seconds_sum "$before")" 'BEGIN { print a - b }')"
-  fsync_n="$(awk -v a="$(metric countiq_wal_fsync_seconds_count "$after")" -v b="$(metric countiq_wal_fsync_seconds_count "$before")" 'BEGIN { print a - b }')"
-  records="$(awk -v a="$(metric countiq_wal_records_total "$after")" -v b="$(metric countiq_wal_records_total "$before")" 'BEGIN { print a - b }')"
-  batches="$(awk -v a="$(metric countiq_wal_batch_records_count "$after")" -v b="$(metric countiq_wal_batch_records_count "$before")" 'BEGIN { print a - b }')"
-  led="$(awk -v a="$(metric countiq_wal_batches_led_total "$after")" -v b="$(metric countiq_wal_batches_led_total "$before")" 'BEGIN { print a - b }')"
+  fsync_s="$(delta countiq_wal_fsync_seconds_sum "$before" "$after")"
+  fsync_n="$(delta countiq_wal_fsync_seconds_count "$before" "$after")"
+  records="$(delta countiq_wal_records_total "$before" "$after")"
+  batches="$(delta countiq_wal_batch_records_count "$before" "$after")"
+  led="$(delta countiq_wal_batches_led_total "$before" "$after")"
   # perf --per-thread lines: "<comm>-<tid>  <count>  context-switches".
   workers="$(awk '/context-switches/ && $1 ~ /^tokio-(runtime-w|rt-worker)/ { gsub(",", "", $2); s += $2 } END { print s + 0 }' "$perfout")"
   wal="$(awk '/context-switches/ && $1 ~ /^countiq-wal-[0-9]+$/ { gsub(",", "", $2); s += $2 } END { print s + 0 }' "$perfout")"
