@@ -22,7 +22,9 @@
 # postgres redis axum interleaved"), PG_ROWS (100000), AXUM_BUILD_DIR
 # (/tmp/countiq-bench-axum-ceiling), BASELINE_REV (a git revision: built in
 # BASELINE_BUILD_DIR/<commit>, default /tmp/countiq-bench-baseline, and
-# added to the interleaved rounds), PROBE_COUNT (2000 fdatasyncs per probe).
+# added to the interleaved rounds), PROBE_COUNT (2000 fdatasyncs per probe),
+# RAMFS_DIR (/dev/shm: a tmpfs for the interleaved stage's "log on tmpfs"
+# bound; empty or not a tmpfs: that system is left out).
 # Every server is started here on 127.0.0.1 only, in a fresh temp dir, and
 # stopped at exit (by PID); every load run is bounded by -d/-T/-n + timeout.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -34,7 +36,9 @@ AXUM_BUILD_DIR="${AXUM_BUILD_DIR:-/tmp/countiq-bench-axum-ceiling}"
 BASELINE_REV="${BASELINE_REV:-}"
 BASELINE_BUILD_DIR="${BASELINE_BUILD_DIR:-/tmp/countiq-bench-baseline}"
 PROBE_COUNT="${PROBE_COUNT:-2000}"
-IL_TSV="$OUT_DIR/interleaved.tsv"   # round conns system rps p50_ms p99_ms bad steal
+RAMFS_DIR="${RAMFS_DIR-/dev/shm}"
+CLK_TCK="$(getconf CLK_TCK)"
+IL_TSV="$OUT_DIR/interleaved.tsv"   # round conns system rps p50_ms p99_ms bad steal user_us sys_us
 PROBE_TSV="$OUT_DIR/fsync-probe.tsv" # when p50_us p99_us max_us
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
 START_QTY=1000000000   # like the peers: deltas in [-1, 1] never reach 0
@@ -352,20 +356,46 @@ stage_axum() {
 # over rounds. `countiq wal fsync-probe` runs in the CountIQ data
 # directory's file system at the start and the end of the stage.
 
-# il_add ROUND SYSTEM RPS P50_MS P99_MS BAD STEAL : one run at CONNS.
+# il_add ROUND SYSTEM RPS P50_MS P99_MS BAD STEAL [USER_US SYS_US] : one
+# run at CONNS.
 il_add() {
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$CONNS" "$2" "$3" "$4" "$5" "$6" "$7" >>"$IL_TSV"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$CONNS" "$2" "$3" "$4" "$5" "$6" "$7" \
+    "${8:-NA}" "${9:-NA}" >>"$IL_TSV"
 }
 
-# il_wrk ROUND SYSTEM TOKEN URL : one wrk run at CONNS, into $IL_TSV.
+# pid_cpu PID : "user system" CPU time PID has used so far, in clock ticks
+# (/proc/PID/stat fields 14 and 15, counted after the ")" that ends the
+# command name); "NA NA" once it is gone.
+pid_cpu() {
+  awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$1/stat" 2>/dev/null || echo "NA NA"
+}
+
+# cpu_per_request BEFORE AFTER REQUESTS : the server's "user_us sys_us" per
+# request between two pid_cpu readings (all its threads: workers, WAL
+# writer; kernel work done on its behalf in its system time). Tick-based
+# (CLK_TCK, usually 100/s): over a 10 s run a few hundred ticks, so ±1%.
+cpu_per_request() {
+  awk -v b="$1" -v a="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN {
+    split(b, x, " "); split(a, y, " ")
+    if (x[1] !~ /^[0-9]+$/ || y[1] !~ /^[0-9]+$/ || n + 0 <= 0) { print "NA NA"; exit }
+    printf "%.1f %.1f\n", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }'
+}
+
+# il_wrk ROUND SYSTEM TOKEN URL PID : one wrk run at CONNS against the
+# server PID, into $IL_TSV (with PID's CPU time per request).
 il_wrk() {
-  local st idle x p5 p9 b
+  local st idle x p5 p9 b before after
+  before="$(pid_cpu "$5")"
   read -r st idle x p5 p9 b <<<"$(BENCH_TOKEN="$3" with_steal wrk_once "il-$2" "$4")"
-  il_add "$1" "$2" "$x" "$p5" "$p9" "$b" "$st"
+  after="$(pid_cpu "$5")"
+  # shellcheck disable=SC2046
+  il_add "$1" "$2" "$x" "$p5" "$p9" "$b" "$st" \
+    $(cpu_per_request "$before" "$after" "$(awk -v r="$x" -v d="$DURATION" 'BEGIN { print (r ~ /^[0-9.]+$/) ? r * d : 0 }')")
 }
 
 # il_col CONNS SYSTEM FIELD : that field (4 rps, 5 p50, 6 p99, 7 bad, 8
-# steal) of each round, in round order, space-separated.
+# steal, 9 user µs, 10 system µs per request) of each round, in round
+# order, space-separated.
 il_col() {
   [[ -f "$IL_TSV" ]] || return 0
   awk -F'\t' -v c="$1" -v s="$2" -v f="$3" \
@@ -426,16 +456,18 @@ build_baseline() {
     || { log "baseline $BASELINE_REV has no 'serve --fsync'"; return 1; }
 }
 
-# il_countiq BIN FSYNC NAME : start a CountIQ server for the stage; sets
-# SRV_PORT and SRV_ITEM (one item created over the API).
+# il_countiq BIN FSYNC NAME [DATA_ROOT] : start a CountIQ server for the
+# stage, its data dir under DATA_ROOT (default $WORK); sets SRV_PORT,
+# SRV_ITEM (one item created over the API) and SRV_PID.
 il_countiq() {
   local pid
   SRV_PORT="$(free_port)"
-  "$1" serve --addr "127.0.0.1:$SRV_PORT" --data-dir "$WORK/countiq-il-$3/data" --fsync "$2" \
+  "$1" serve --addr "127.0.0.1:$SRV_PORT" --data-dir "${4:-$WORK}/countiq-il-$3/data" --fsync "$2" \
     >"$OUT_DIR/countiq-server-interleaved-$3.log" 2>&1 &
   pid=$!; STARTED_PIDS+=("$pid")
   wait_ready "$SRV_PORT"
   SRV_ITEM="$(create_item "$SRV_PORT" "$IL_TOKEN" wrk-hot)"
+  SRV_PID="$pid"
   log "countiq ($3) --fsync $2 up on 127.0.0.1:$SRV_PORT (pid $pid)"
 }
 
@@ -447,14 +479,25 @@ stage_interleaved() {
   COUNTIQ_JWT_SECRET="$(openssl rand -hex 32)"
   export COUNTIQ_JWT_SECRET
   IL_TOKEN="$(mint_jwt bench-wrk "$COUNTIQ_JWT_SECRET")"
-  # system label -> "port item"
+  # system label -> "port item pid"
   declare -A srv
-  il_countiq "$bin" always always; srv[countiq-always]="$SRV_PORT $SRV_ITEM"
-  il_countiq "$bin" never never; srv[countiq-never]="$SRV_PORT $SRV_ITEM"
+  il_countiq "$bin" always always; srv[countiq-always]="$SRV_PORT $SRV_ITEM $SRV_PID"
+  il_countiq "$bin" never never; srv[countiq-never]="$SRV_PORT $SRV_ITEM $SRV_PID"
   local systems=(countiq-always countiq-never)
+  # The same binary with --fsync always, its log on a RAM file system:
+  # every step of a durable write but the disk's (fdatasync returns at
+  # once). Not durable; it shows what the rest of the path costs, i.e. the
+  # most a faster commit path could reach on this box.
+  if [[ -n "$RAMFS_DIR" && "$(stat -f -c %T "$RAMFS_DIR" 2>/dev/null)" == tmpfs ]]; then
+    RAM_WORK="$(mktemp -d "$RAMFS_DIR/countiq-il.XXXXXX")"
+    il_countiq "$bin" always ram "$RAM_WORK"; srv[countiq-ram]="$SRV_PORT $SRV_ITEM $SRV_PID"
+    systems+=(countiq-ram)
+  else
+    log "no tmpfs at RAMFS_DIR=$RAMFS_DIR: the 'log on tmpfs' bound is not measured"
+  fi
   if [[ -n "$BASELINE_REV" ]]; then
-    il_countiq "$BASELINE_BIN" always baseline-always; srv[baseline-always]="$SRV_PORT $SRV_ITEM"
-    il_countiq "$BASELINE_BIN" never baseline-never; srv[baseline-never]="$SRV_PORT $SRV_ITEM"
+    il_countiq "$BASELINE_BIN" always baseline-always; srv[baseline-always]="$SRV_PORT $SRV_ITEM $SRV_PID"
+    il_countiq "$BASELINE_BIN" never baseline-never; srv[baseline-never]="$SRV_PORT $SRV_ITEM $SRV_PID"
     systems+=(baseline-always baseline-never)
   fi
 
@@ -479,16 +522,20 @@ stage_interleaved() {
   atoken="$(mint_jwt bench-wrk "$(openssl rand -hex 32)")"
 
   probe_run "$bin" "$WORK/countiq-il-always/data" start
-  local s port item st idle x p5 p9
+  local s port item pid st idle x p5 p9 before after
   for r in $(seq 1 "$rounds"); do
     for CONNS in $CONNS_LIST; do
       for s in "${systems[@]}"; do
-        read -r port item <<<"${srv[$s]}"
-        il_wrk "$r" "$s" "$IL_TOKEN" "http://127.0.0.1:$port/items/$item/qty"
+        read -r port item pid <<<"${srv[$s]}"
+        il_wrk "$r" "$s" "$IL_TOKEN" "http://127.0.0.1:$port/items/$item/qty" "$pid"
       done
+      before="$(pid_cpu "$rpid")"
       read -r st idle x p5 p9 <<<"$(with_steal redis_once "$rport" "${rn[$CONNS]}" "$sha")"
-      il_add "$r" redis-always "${x:-NA}" "${p5:-NA}" "${p9:-NA}" "" "$st"
-      il_wrk "$r" axum "$atoken" "$aurl"
+      after="$(pid_cpu "$rpid")"
+      # shellcheck disable=SC2046
+      il_add "$r" redis-always "${x:-NA}" "${p5:-NA}" "${p9:-NA}" "" "$st" \
+        $(cpu_per_request "$before" "$after" "${rn[$CONNS]}")
+      il_wrk "$r" axum "$atoken" "$aurl" "$apid"
       log "interleaved round $r c=$CONNS: req/s $(awk -F'\t' -v r="$r" -v c="$CONNS" \
         '$1 == r && $2 == c { printf "%s %s; ", $3, $4 }' "$IL_TSV")"
     done
@@ -501,6 +548,7 @@ stage_interleaved() {
       case "$s" in
         countiq-always) label="CountIQ fsync=always"; durable=yes ;;
         countiq-never) label="CountIQ fsync=never"; durable=no ;;
+        countiq-ram) label="CountIQ fsync=always, log on tmpfs (bound)"; durable=no ;;
         baseline-always) label="CountIQ $BASELINE_REV fsync=always"; durable=yes ;;
         baseline-never) label="CountIQ $BASELINE_REV fsync=never"; durable=no ;;
         redis-always) label="Redis appendfsync=always"; durable=yes ;;
@@ -508,12 +556,13 @@ stage_interleaved() {
       esac
       tool="wrk -t$(tool_threads)"; [[ "$s" == redis-always ]] && tool="redis-benchmark -P1"
       runs="$(il_col "$CONNS" "$s" 4)"
-      note="host steal % $(il_col "$CONNS" "$s" 8)"
+      note="server CPU µs/request user+sys $(paste -d+ <(il_col "$CONNS" "$s" 9 | tr ' ' '\n') \
+        <(il_col "$CONNS" "$s" 10 | tr ' ' '\n') | paste -sd' '); host steal % $(il_col "$CONNS" "$s" 8)"
       case "$s" in
         countiq-*|baseline-*|axum) note="non2xx+sockerr $(il_col "$CONNS" "$s" 7); $note" ;;
         redis-always) note="n=${rn[$CONNS]}; $note" ;;
       esac
-      if [[ "$s" == countiq-always || "$s" == baseline-always ]]; then
+      if [[ "$s" == countiq-always || "$s" == countiq-ram || "$s" == baseline-always ]]; then
         x="$(il_ratio "$CONNS" "$s" redis-always)"
         # shellcheck disable=SC2086
         note="per-round ÷ Redis always: $x (median $(median $x)); $note"
@@ -537,11 +586,12 @@ stage_interleaved() {
   record "interleaved" "fsync-probe, start and end" "countiq wal fsync-probe" yes 1 NA "$(probe_mean 2)" "$(probe_mean 3)" "" \
     "p50/p99 µs at the start $(awk '$1 == "start" { print $2 "/" $3 }' "$PROBE_TSV"), at the end $(awk '$1 == "end" { print $2 "/" $3 }' "$PROBE_TSV") (the columns: their means); $PROBE_COUNT × (append one framed PATCH record + fdatasync) in the CountIQ always data dir"
   for s in "${systems[@]}"; do
-    read -r port item <<<"${srv[$s]}"
+    read -r port item _ <<<"${srv[$s]}"
     curl -fsS -H "Authorization: Bearer $IL_TOKEN" "http://127.0.0.1:$port/items/$item" | jq -c '{qty, version}' \
       | sed "s/^/countiq interleaved ($s) final item: /" >&2
   done
   kill_started
+  if [[ -n "${RAM_WORK:-}" ]]; then rm -rf "$RAM_WORK"; fi
 }
 
 # ------------------------------------------------------------------ goals --
@@ -567,12 +617,39 @@ goal_line() {
   printf '| %s | %s | %s | %s | %s (%s %s) |\n' "$text" "$med" "$worst" "${values:-none}" "$verdict" "${rule%??}" "${rule: -2} $th"
 }
 
+# ref_line TEXT VALUES : a reference row under the goals (no rule): what a
+# peer or a bound of this box reached in the same rounds, to read a goal's
+# verdict against. "worst round" is the lowest value.
+ref_line() {
+  local med low
+  # Word splitting of the per-round values is intended.
+  # shellcheck disable=SC2086
+  med="$(median $2)"
+  # shellcheck disable=SC2086
+  low="$(printf '%s\n' $2 | { grep -E '^[0-9.]+$' || true; } | sort -g | head -1)"
+  printf '| %s | %s | %s | %s | reference, not a goal |\n' "$1" "$med" "${low:-NA}" "${2:-none}"
+}
+
+# p50_over_probe CONNS SYSTEM [plus] : per round, SYSTEM's p50 ÷ the
+# fsync-probe p50 ($probe, µs); with "plus", (SYSTEM's p50 + the probe's)
+# ÷ the probe's: a request that costs SYSTEM's round trip and one sync.
+p50_over_probe() {
+  [[ -f "$IL_TSV" ]] || return 0
+  il_col "$1" "$2" 5 | awk -v p="$probe" -v plus="${3:-}" '{
+    for (i = 1; i <= NF; i++) {
+      ok = $i ~ /^[0-9.]+$/ && p ~ /^[0-9.]+$/ && p > 0
+      printf "%s%s", (i > 1 ? " " : ""), ok ? sprintf("%.3f", ($i * 1000 + (plus == "plus" ? p : 0)) / p) : "NA"
+    }
+    print ""
+  }'
+}
+
 # in_list N : whether CONNS_LIST has N.
 in_list() { [[ " $CONNS_LIST " == *" $1 "* ]]; }
 
 render_goals() {
   [[ -s "$IL_TSV" ]] || return 0
-  local probe p50s
+  local probe
   probe="$(awk '$2 ~ /^[0-9.]+$/ { s += $2; n++ } END { if (n == 2) printf "%.1f", s / n; else print "NA" }' "$PROBE_TSV" 2>/dev/null || echo NA)"
   echo
   echo "### Goals (issue 19), from the interleaved rounds"
@@ -583,8 +660,10 @@ render_goals() {
   echo "|---|---:|---:|---|---|"
   if in_list 1; then
     goal_line "1 connection, durable: CountIQ always ÷ Redis always (req/s)" "$(il_ratio 1 countiq-always redis-always)" "median>=" 1
-    p50s="$(il_col 1 countiq-always 5 | awk -v p="$probe" '{ for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? " " : ""), ($i ~ /^[0-9.]+$/ && p ~ /^[0-9.]+$/ && p > 0) ? sprintf("%.3f", $i * 1000 / p) : "NA"; print "" }')"
-    goal_line "1 connection, durable: CountIQ always p50 ÷ fsync-probe p50" "$p50s" "median<=" 1.3
+    goal_line "1 connection, durable: CountIQ always p50 ÷ fsync-probe p50" "$(p50_over_probe 1 countiq-always)" "median<=" 1.3
+    ref_line "1 connection: Redis always p50 ÷ fsync-probe p50" "$(p50_over_probe 1 redis-always)"
+    ref_line "1 connection, bound: (axum ceiling p50 + fsync-probe p50) ÷ fsync-probe p50" "$(p50_over_probe 1 axum plus)"
+    ref_line "1 connection, bound: CountIQ, log on tmpfs ÷ Redis always (req/s)" "$(il_ratio 1 countiq-ram redis-always)"
   else
     echo "| 1 connection goals | | | | not measured: 1 is not in CONNS_LIST |"
   fi
@@ -593,6 +672,7 @@ render_goals() {
     if [[ -n "$BASELINE_REV" ]]; then
       goal_line "64 connections, durable: CountIQ always ÷ CountIQ $BASELINE_REV always (req/s)" "$(il_ratio 64 countiq-always baseline-always)" "median>=" 1
     fi
+    ref_line "64 connections, bound: CountIQ, log on tmpfs ÷ Redis always (req/s)" "$(il_ratio 64 countiq-ram redis-always)"
     goal_line "--fsync never, 64 connections: CountIQ never ÷ axum ceiling (req/s)" "$(il_ratio 64 countiq-never axum)" "median>=" 0.8
   else
     echo "| 64 connection goals | | | | not measured: 64 is not in CONNS_LIST |"
