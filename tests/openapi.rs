@@ -133,13 +133,26 @@ fn schema_bounds_are_the_constants() {
     // reason and reference: on every body of a qty-changing write, optional,
     // never null, bounded by the domain's constants.
     use countiq::domain::{HOLD_TTL_SECS_MAX, REASON_BYTES_MAX, REFERENCE_BYTES_MAX};
-    for body in [
-        "CreateBody",
-        "ReplaceBody",
-        "AdjustBody",
-        "CommitBody",
-        "TxAdjustBody",
-    ] {
+    let noted: BTreeSet<&str> = schemas
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, s)| name.ends_with("Body") && s["properties"].get("reason").is_some())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(
+        noted,
+        BTreeSet::from([
+            "AdjustBody",
+            "CommitBody",
+            "CreateBody",
+            "ReplaceBody",
+            "TxAdjustBody",
+            "TxCommitBody",
+        ]),
+        "the bodies of the six qty-changing writes"
+    );
+    for body in noted {
         for (field, max) in [
             ("reason", REASON_BYTES_MAX),
             ("reference", REFERENCE_BYTES_MAX),
@@ -182,9 +195,22 @@ fn schema_bounds_are_the_constants() {
         schemas["TxReserveBody"]["properties"]["ttl"]["maximum"].as_u64(),
         Some(HOLD_TTL_SECS_MAX)
     );
-    // The op is one of four object shapes, the original first.
+    // The op is one of four object shapes, the original first; the three
+    // hold-op shapes (one key each) refuse other keys, as the server does.
     let shapes = schemas["TxOpBody"]["oneOf"].as_array().expect("oneOf");
     assert_eq!(shapes.len(), 4, "{shapes:?}");
+    for shape in shapes.iter().filter(|s| s.get("$ref").is_none()) {
+        assert_eq!(shape["additionalProperties"], false, "{shape}");
+    }
+    // The commit's optional body: "no body or a CommitBody", never `null`
+    // (a `null` body is 400, API.md "Objects only").
+    let commit = &doc["paths"]["/reservations/{id}/commit"]["post"]["requestBody"];
+    assert_eq!(
+        commit["content"]["application/json"]["schema"],
+        serde_json::json!({"$ref": "#/components/schemas/CommitBody"}),
+        "{commit}"
+    );
+    assert_ne!(commit["required"], true, "{commit}");
     let text = serde_json::to_string(shapes).unwrap();
     for name in [
         "TxAdjustBody",
@@ -210,4 +236,65 @@ fn schema_bounds_are_the_constants() {
         limit["schema"]["maximum"].as_u64(),
         Some(countiq::http::LIST_LIMIT_MAX as u64)
     );
+}
+
+/// Goal: a client that sends an `Idempotency-Key` the document allows is
+/// never refused for its form (schemathesis generates keys from this
+/// pattern), and the pattern is `IdemKey::parse`'s rule, not a looser one.
+/// Method: every keyed write declares the header as a non-null string
+/// with one pattern; sample keys on both sides of each rule (bare and
+/// quoted forms, escapes, lengths 255 and 256, spaces, non-ASCII) match
+/// the pattern exactly when the parser takes them.
+#[test]
+fn idempotency_key_pattern_is_the_parser() {
+    use countiq::domain::idempotency::{IdemKey, KEY_BYTES_MAX};
+    let doc: Value = serde_json::from_str(countiq::http::openapi::document()).unwrap();
+    let mut patterns = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            for p in params.iter().filter(|p| p["name"] == "Idempotency-Key") {
+                assert_eq!(p["schema"]["type"], "string", "{method} {path}: {p}");
+                patterns.insert(p["schema"]["pattern"].as_str().expect("pattern").to_owned());
+            }
+        }
+    }
+    assert_eq!(
+        patterns.len(),
+        1,
+        "one rule for every keyed write: {patterns:?}"
+    );
+    let pattern = regex::Regex::new(patterns.first().unwrap()).unwrap();
+    let long = |n: usize| "k".repeat(n);
+    let quoted = |inner: &str| format!("\"{inner}\"");
+    let samples: Vec<(String, bool)> = vec![
+        ("a".into(), true),
+        ("order-1042/retry:2".into(), true),
+        ("!~".into(), true),
+        ("x\"y".into(), true),
+        (long(KEY_BYTES_MAX), true),
+        (long(KEY_BYTES_MAX + 1), false),
+        (quoted("abc"), true),
+        (quoted("a\\\"b"), true),
+        (quoted("a\\\\b"), true),
+        (quoted(&long(KEY_BYTES_MAX)), true),
+        (quoted(&long(KEY_BYTES_MAX + 1)), false),
+        (String::new(), false),
+        (quoted(""), false),
+        ("\"abc".into(), false),
+        (quoted("a b"), false),
+        (quoted("a\"b"), false),
+        (quoted("a\\xb"), false),
+        (quoted("a\\"), false),
+        ("a b".into(), false),
+        ("caf\u{e9}".into(), false),
+        ("tab\there".into(), false),
+    ];
+    for (key, ok) in &samples {
+        assert_eq!(pattern.is_match(key), *ok, "pattern on {key:?}");
+        assert_eq!(IdemKey::parse(key).is_some(), *ok, "parser on {key:?}");
+    }
+    // The parser also trims spaces around a value; the pattern leaves
+    // that out (stricter, so a schema-valid key is always taken).
+    assert!(IdemKey::parse(" a ").is_some() && !pattern.is_match(" a "));
 }

@@ -7,7 +7,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use utoipa::openapi::schema::{Object, Schema};
+use utoipa::openapi::schema::{AdditionalProperties, Object, Schema};
 use utoipa::openapi::RefOr;
 
 use super::bodies::{
@@ -57,7 +57,15 @@ pub(super) struct KeyHeader {
     /// 1-255 visible ASCII characters (or the quoted sf-string form);
     /// retries with the same key and request return the first response.
     /// Kept 24 h by default (`--idempotency-ttl`).
+    // The pattern is `IdemKey::parse`'s rule: a bare key that does not
+    // start with a quote, or the quoted form whose inside unescapes
+    // (backslash-quote, backslash-backslash) to the key. Spaces around the
+    // value, which the parser trims, are left out.
     #[serde(rename = "Idempotency-Key")]
+    #[param(
+        nullable = false,
+        pattern = r#"^(?:[!#-~][!-~]{0,254}|"(?:[!#-\[\]-~]|\\["\\]){1,255}")$"#
+    )]
     idempotency_key: Option<String>,
 }
 
@@ -151,7 +159,7 @@ pub(super) enum BodyWriteErrors {
         responses(BadRequest, Unauthorized, NotFound, Conflict, HoldConflict, PreconditionFailed, PayloadTooLarge,
             UnsupportedMediaType, KeyReused, KeysExhausted, Unavailable, TooManySubscribers)
     ),
-    modifiers(&BearerAuth, &Bounds),
+    modifiers(&BearerAuth, &Bounds, &NoNullBodies),
     tags((name = "items", description = "One owner's items"), (name = "reservations", description = "Holds with expiry, and per-item history"), (name = "ops", description = "Health, readiness, metrics"))
 )]
 pub struct ApiDoc;
@@ -210,7 +218,18 @@ impl Modify for Bounds {
         // reference's is in bytes of UTF-8, which JSON Schema cannot say:
         // `maxLength` counts characters, so the schema states the bound for
         // ASCII text and the description says bytes.
-        for schema in NOTED_BODIES {
+        // Every request body that has the fields (the six qty-changing
+        // writes'), found by looking, so a new body cannot be left out.
+        let noted: Vec<String> = components
+            .schemas
+            .iter()
+            .filter(|(name, schema)| {
+                name.ends_with("Body")
+                    && matches!(schema, RefOr::T(Schema::Object(o)) if o.properties.contains_key("reason"))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for schema in &noted {
             for (field, max) in [
                 ("reason", REASON_BYTES_MAX),
                 ("reference", REFERENCE_BYTES_MAX),
@@ -218,6 +237,15 @@ impl Modify for Bounds {
                 if let Some(object) = property(&mut components.schemas, schema, field) {
                     object.min_length = Some(1);
                     object.max_length = Some(max);
+                }
+            }
+        }
+        // A hold op is an object with exactly one key (`reserve`, `commit`
+        // or `release`): like every body, it refuses unknown fields.
+        if let Some(RefOr::T(Schema::OneOf(op))) = components.schemas.get_mut("TxOpBody") {
+            for shape in op.items.iter_mut() {
+                if let RefOr::T(Schema::Object(o)) = shape {
+                    o.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
                 }
             }
         }
@@ -230,14 +258,45 @@ impl Modify for Bounds {
     }
 }
 
-/// The body schemas with `reason` and `reference`.
-pub(crate) const NOTED_BODIES: [&str; 5] = [
-    "CreateBody",
-    "ReplaceBody",
-    "AdjustBody",
-    "CommitBody",
-    "TxAdjustBody",
-];
+/// An optional body (`Option<T>` in `request_body`) is documented by
+/// utoipa as "`null` or T". On the wire it is "no body or T": a JSON
+/// `null` body is 400 like any body that is not an object (API.md,
+/// "Objects only"). So the schema is T, and the body stays not required.
+struct NoNullBodies;
+
+impl Modify for NoNullBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{SchemaType, Type};
+        let is_null = |s: &RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in operations.into_iter().flatten() {
+                let Some(body) = op.request_body.as_mut() else {
+                    continue;
+                };
+                for content in body.content.values_mut() {
+                    if let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema {
+                        if let [a, b] = one_of.items.as_slice() {
+                            let keep = match (is_null(a), is_null(b)) {
+                                (true, false) => Some(b.clone()),
+                                (false, true) => Some(a.clone()),
+                                _ => None,
+                            };
+                            if keep.is_some() {
+                                content.schema = keep;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// `schema.field` of a component schema, if both are inline objects.
 fn property<'a>(
