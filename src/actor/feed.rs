@@ -1,6 +1,7 @@
 //! The live change feed's owner side: a per-owner hub that the WAL writer
-//! feeds once a record is durable, and the replay of older records from the
-//! log for a resuming subscriber.
+//! feeds once a record is durable, the replay of older records from the
+//! log for a resuming subscriber, and the [`Follower`] that joins the two
+//! into one sequence (the transport only renders what it yields).
 //!
 //! # Invariant
 //! A subscriber sees each of its owner's events exactly once, in LSN order,
@@ -17,7 +18,7 @@
 //!   subscriber reads `(Last-Event-ID, A]` from the segments
 //!   ([`replay`]), then takes the receiver, skipping anything ≤ the last
 //!   LSN it sent (a receiver may also get older events that were queued for
-//!   an earlier subscriber).
+//!   an earlier subscriber). [`Follower`] is that protocol.
 //!
 //! # Cost when nobody listens
 //! An owner without subscribers has no hub (`None`): the write path does
@@ -32,10 +33,11 @@
 //! `event: lagged` and ends). [`SUBSCRIBERS_PER_OWNER_MAX`] and
 //! [`SUBSCRIBERS_PER_NODE_MAX`] bound the receivers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, OwnedSemaphorePermit};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
 
 use super::{CallError, Reply};
 use crate::domain::{Event, OwnerId};
@@ -49,6 +51,8 @@ pub const FEED_BUFFER_EVENTS: usize = 1024;
 pub const SUBSCRIBERS_PER_OWNER_MAX: usize = 16;
 /// Open change-feed streams per node; more are 503 `feed_overloaded`.
 pub const SUBSCRIBERS_PER_NODE_MAX: usize = 1024;
+/// Replayed records between the blocking log reader and its follower.
+const REPLAY_BUFFER_EVENTS: usize = 64;
 
 /// One durable event of an owner, with the LSN of its record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,4 +160,149 @@ pub fn replay(
 /// The first LSN the log still holds (for a `reset`).
 pub fn oldest_lsn(dir: &Path) -> Result<Option<u64>, crate::storage::Error> {
     reader::oldest_lsn(dir)
+}
+
+/// What a [`Follower`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedItem {
+    /// One durable change of the owner: each once, in LSN order.
+    Change(Arc<Change>),
+    /// The point asked for is not in this log (beyond its newest record,
+    /// or older than its oldest): what follows is live after `lsn`; the
+    /// reader re-reads its items.
+    Reset { lsn: u64, oldest_lsn: Option<u64> },
+    /// The follower fell more than [`FEED_BUFFER_EVENTS`] behind; nothing
+    /// follows. `lsn` is the last change it yielded (or its start).
+    Lagged { lsn: u64 },
+}
+
+/// One subscriber's sequence: the owner's changes after a point, first
+/// from the log, then live, without a gap or a duplicate at the switch
+/// (the invariant above). Pulled: nothing is read ahead of the consumer,
+/// so the broadcast ring is the one buffer and the one bound. Dropping it
+/// ends the replay (the reader stops at its next send) and gives the
+/// subscription's slots back.
+pub struct Follower {
+    sub: Subscription,
+    owner: OwnerId,
+    log_dir: PathBuf,
+    /// The last LSN the consumer has (or is told to start from).
+    sent: u64,
+    state: Step,
+}
+
+enum Step {
+    Start {
+        after: Option<u64>,
+        /// The node's durable LSN when the subscription opened: a point
+        /// above it is not from this log.
+        newest: u64,
+    },
+    Replay {
+        rx: mpsc::Receiver<Change>,
+        reader: JoinHandle<Result<(), RangeError>>,
+    },
+    Live,
+    Done,
+}
+
+impl Follower {
+    /// Follow `sub` (of `owner`, whose log is in `log_dir`) after `after`
+    /// (None: live only). `newest`: the node's durable LSN now.
+    pub fn new(
+        sub: Subscription,
+        owner: OwnerId,
+        log_dir: PathBuf,
+        newest: u64,
+        after: Option<u64>,
+    ) -> Self {
+        Follower {
+            sent: sub.lsn,
+            sub,
+            owner,
+            log_dir,
+            state: Step::Start { after, newest },
+        }
+    }
+
+    /// The owner's LSN when the subscription opened: live changes follow it.
+    pub fn lsn(&self) -> u64 {
+        self.sub.lsn
+    }
+
+    /// The next item; `None` once the sequence has ended (after `Lagged`, a
+    /// failed replay, or the node's end). Cancel-safe: an unfinished call
+    /// loses nothing.
+    pub async fn next(&mut self) -> Option<FeedItem> {
+        loop {
+            match &mut self.state {
+                Step::Start { after, newest } => {
+                    let (after, newest, start) = (*after, *newest, self.sub.lsn);
+                    self.state = Step::Live;
+                    match after {
+                        None => {}
+                        Some(after) if after > newest => {
+                            let oldest_lsn = oldest_lsn(&self.log_dir).ok().flatten();
+                            return Some(FeedItem::Reset {
+                                lsn: start,
+                                oldest_lsn,
+                            });
+                        }
+                        Some(after) if after < start => self.state = self.replay(after, start),
+                        // Between the owner's last LSN and the node's:
+                        // nothing of this owner to replay; skip up to it.
+                        Some(after) => self.sent = after,
+                    }
+                }
+                Step::Replay { rx, reader } => {
+                    if let Some(change) = rx.recv().await {
+                        return Some(FeedItem::Change(Arc::new(change)));
+                    }
+                    let done = reader.await;
+                    self.state = Step::Live;
+                    match done {
+                        Ok(Ok(())) => {}
+                        Ok(Err(RangeError::Gone { oldest_lsn })) => {
+                            return Some(FeedItem::Reset {
+                                lsn: self.sent,
+                                oldest_lsn: Some(oldest_lsn),
+                            })
+                        }
+                        Ok(Err(RangeError::Storage(error))) => {
+                            tracing::error!(%error, owner = %self.owner, "change feed replay failed");
+                            self.state = Step::Done;
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "change feed replay task failed");
+                            self.state = Step::Done;
+                        }
+                    }
+                }
+                Step::Live => match self.sub.live.recv().await {
+                    Ok(change) if change.lsn <= self.sent => {}
+                    Ok(change) => {
+                        self.sent = change.lsn;
+                        return Some(FeedItem::Change(change));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.state = Step::Done;
+                        return Some(FeedItem::Lagged { lsn: self.sent });
+                    }
+                    Err(broadcast::error::RecvError::Closed) => self.state = Step::Done,
+                },
+                Step::Done => return None,
+            }
+        }
+    }
+
+    /// Start reading `(after, upto]` from the log on a blocking thread;
+    /// live resumes after `upto` (`sent` is already the start LSN).
+    fn replay(&self, after: u64, upto: u64) -> Step {
+        let (tx, rx) = mpsc::channel(REPLAY_BUFFER_EVENTS);
+        let (dir, owner) = (self.log_dir.clone(), self.owner.clone());
+        let reader = tokio::task::spawn_blocking(move || {
+            replay(&dir, &owner, after, upto, |c| tx.blocking_send(c).is_ok())
+        });
+        Step::Replay { rx, reader }
+    }
 }

@@ -2,10 +2,11 @@
 //!
 //! The handler authenticates, parses `Last-Event-ID`, opens a subscription
 //! through the registry (bounded per owner and per node: `actor::feed`) and
-//! returns the stream; a task per stream (the pump) replays the log from
-//! `Last-Event-ID` up to the subscription's LSN, then forwards live events.
-//! Every event is `id: <LSN>`, `event: <kind>`, `data: <json>`, rendered by
-//! [`event_json`] (one match arm per domain event).
+//! returns the stream. The body pulls an `actor::feed::Follower`, which
+//! replays the log from `Last-Event-ID` up to the subscription's LSN and
+//! then goes live; this module only renders what it yields. Every event is
+//! `id: <LSN>`, `event: <kind>`, `data: <json>`, rendered by [`event_json`]
+//! (one match arm per domain event).
 //!
 //! The stream leaves the in-flight bound (`front`) as soon as its head is
 //! sent: the handler returns then, and the stream is counted by the
@@ -13,7 +14,6 @@
 //! (`AppState::closing`), so the server's drain never waits for one.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -21,22 +21,16 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::watch;
 
 use super::extract::Owner;
 use super::json::{rfc3339, set_lsn, ItemJson};
 use super::{openapi, ApiError, AppState};
-use crate::actor::feed::{self, Change, SubscribeError, Subscription};
-use crate::domain::{Event, Note, OwnerId, QtyVersion};
-use crate::storage::reader::RangeError;
+use crate::actor::feed::{self, FeedItem, Follower, SubscribeError};
+use crate::domain::{Event, Note, QtyVersion};
 
 /// A comment line (`:`) this often keeps idle streams (and proxies) alive.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-/// Rendered events between a stream's pump and its HTTP body; the pump
-/// waits when it is full (the broadcast ring behind it is the real bound).
-const STREAM_BUFFER_EVENTS: usize = 16;
-/// Replayed records between the blocking log reader and the pump.
-const REPLAY_BUFFER_EVENTS: usize = 64;
 /// The `Last-Event-ID` request header (SSE).
 const LAST_EVENT_ID: &str = "last-event-id";
 
@@ -120,29 +114,30 @@ pub(super) fn event_json(event: &Event) -> (&'static str, Value) {
     }
 }
 
-/// One change as an SSE event: `id` and the data's `lsn` are its LSN.
-fn render(change: &Change) -> SseEvent {
-    let (kind, mut data) = event_json(&change.event);
-    data["lsn"] = change.lsn.into();
-    SseEvent::default()
-        .id(change.lsn.to_string())
-        .event(kind)
-        .data(data.to_string())
-}
-
-/// `event: reset`: the requested point is no longer in the log (or never
-/// was). The stream goes on live after `lsn` (also its `id`, so a reconnect
-/// does not ask again); the client re-reads its items.
-fn reset(lsn: u64, oldest_lsn: Option<u64>) -> SseEvent {
-    let data = json!({"lsn": lsn, "oldest_lsn": oldest_lsn});
-    (SseEvent::default().id(lsn.to_string()).event("reset")).data(data.to_string())
-}
-
-/// `event: lagged`: the reader fell more than the buffer behind; the stream
-/// ends. No `id`: the client's Last-Event-ID stays the last event it got.
-fn lagged(last_sent: u64) -> SseEvent {
-    let data = json!({"lsn": last_sent, "buffer_events": feed::FEED_BUFFER_EVENTS});
-    (SseEvent::default().event("lagged")).data(data.to_string())
+/// One item of the feed as an SSE event. A change: `id` and the data's
+/// `lsn` are its LSN. `reset` (the point asked for is not in this log): the
+/// stream goes on live after `lsn`, also its `id` so a reconnect does not
+/// ask again. `lagged` (the stream ends): no `id`, so the client's
+/// Last-Event-ID stays the last event it got.
+fn render(item: &FeedItem) -> SseEvent {
+    match item {
+        FeedItem::Change(change) => {
+            let (kind, mut data) = event_json(&change.event);
+            data["lsn"] = change.lsn.into();
+            SseEvent::default()
+                .id(change.lsn.to_string())
+                .event(kind)
+                .data(data.to_string())
+        }
+        FeedItem::Reset { lsn, oldest_lsn } => {
+            let data = json!({"lsn": lsn, "oldest_lsn": oldest_lsn});
+            (SseEvent::default().id(lsn.to_string()).event("reset")).data(data.to_string())
+        }
+        FeedItem::Lagged { lsn } => {
+            let data = json!({"lsn": lsn, "buffer_events": feed::FEED_BUFFER_EVENTS});
+            (SseEvent::default().event("lagged")).data(data.to_string())
+        }
+    }
 }
 
 #[utoipa::path(
@@ -172,21 +167,26 @@ pub(super) async fn events(
         SubscribeError::NodeFull => ApiError::FeedOverloaded,
         SubscribeError::Call(e) => e.into(),
     })?;
-    let start = sub.lsn;
-    let (out, body) = mpsc::channel(STREAM_BUFFER_EVENTS);
-    let pump = Pump {
+    let follower = Follower::new(
         sub,
         owner,
-        log_dir: registry.log_dir().to_owned(),
-        newest: registry.durable_lsn(),
-        closing: s.closing(),
-        out,
-    };
-    tokio::spawn(pump.run(after));
-    let stream = futures_util::stream::unfold(body, |mut body| async move {
-        let event = body.recv().await?;
-        Some((Ok::<_, Infallible>(event), body))
-    });
+        registry.log_dir().to_owned(),
+        registry.durable_lsn(),
+        after,
+    );
+    let start = follower.lsn();
+    // The body pulls the follower; the node's close ends the stream.
+    let stream = futures_util::stream::unfold(
+        (follower, s.closing()),
+        |(mut follower, mut close)| async move {
+            let item = tokio::select! {
+                biased;
+                _ = closing(&mut close) => None,
+                item = follower.next() => item,
+            }?;
+            Some((Ok::<_, Infallible>(render(&item)), (follower, close)))
+        },
+    );
     let keep_alive = KeepAlive::new().interval(KEEPALIVE_INTERVAL);
     let mut response = Sse::new(stream).keep_alive(keep_alive).into_response();
     set_lsn(&mut response, start);
@@ -217,106 +217,6 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 async fn closing(closing: &mut watch::Receiver<bool>) {
     if closing.wait_for(|closing| *closing).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-/// One stream's task: replay, then live, until the client goes, it lags,
-/// or the node closes.
-struct Pump {
-    sub: Subscription,
-    owner: OwnerId,
-    log_dir: PathBuf,
-    /// The node's durable LSN when the stream opened: a Last-Event-ID above
-    /// it is not from this log.
-    newest: u64,
-    closing: watch::Receiver<bool>,
-    out: mpsc::Sender<SseEvent>,
-}
-
-impl Pump {
-    async fn run(mut self, after: Option<u64>) {
-        let start = self.sub.lsn;
-        // The last LSN the client has (or is told to start from).
-        let (go_on, sent) = match after {
-            None => (true, start),
-            Some(after) if after > self.newest => {
-                let oldest = feed::oldest_lsn(&self.log_dir).ok().flatten();
-                (self.emit(reset(start, oldest)).await, start)
-            }
-            Some(after) if after < start => (self.replay(after, start).await, start),
-            // Between the owner's last LSN and the node's: nothing of this
-            // owner to replay; skip anything up to it.
-            Some(after) => (true, after),
-        };
-        if go_on {
-            self.live(sent).await;
-        }
-    }
-
-    /// Send the owner's events in `(after, upto]` from the log, or `reset`
-    /// if the log no longer reaches back to `after`. `false`: stop.
-    async fn replay(&mut self, after: u64, upto: u64) -> bool {
-        let (tx, mut rx) = mpsc::channel(REPLAY_BUFFER_EVENTS);
-        let (dir, owner) = (self.log_dir.clone(), self.owner.clone());
-        // The reader stops at its next send once `rx` is dropped.
-        let reader = tokio::task::spawn_blocking(move || {
-            feed::replay(&dir, &owner, after, upto, |c| tx.blocking_send(c).is_ok())
-        });
-        while let Some(change) = rx.recv().await {
-            if !self.emit(render(&change)).await {
-                return false;
-            }
-        }
-        match reader.await {
-            Ok(Ok(())) => true,
-            Ok(Err(RangeError::Gone { oldest_lsn })) => {
-                self.emit(reset(upto, Some(oldest_lsn))).await
-            }
-            Ok(Err(RangeError::Storage(error))) => {
-                tracing::error!(%error, owner = %self.owner, "change feed replay failed");
-                false
-            }
-            Err(error) => {
-                tracing::error!(%error, "change feed replay task failed");
-                false
-            }
-        }
-    }
-
-    /// Forward live events above `sent`.
-    async fn live(&mut self, mut sent: u64) {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = closing(&mut self.closing) => return,
-                _ = self.out.closed() => return,
-                next = self.sub.live.recv() => next,
-            };
-            match next {
-                Ok(change) if change.lsn <= sent => {}
-                Ok(change) => {
-                    if !self.emit(render(&change)).await {
-                        return;
-                    }
-                    sent = change.lsn;
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let _ = self.emit(lagged(sent)).await;
-                    return;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
-
-    /// Hand one event to the body; `false` if the client is gone or the
-    /// node is closing.
-    async fn emit(&mut self, event: SseEvent) -> bool {
-        tokio::select! {
-            biased;
-            _ = closing(&mut self.closing) => false,
-            sent = self.out.send(event) => sent.is_ok(),
-        }
     }
 }
 
