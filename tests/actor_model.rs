@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use countiq::actor::{Page, SystemClock, Written};
 use countiq::domain::{
-    Command, Delta, Item, ItemName, Outcome, OwnerId, Precondition, Qty, Rejection, TxOp,
+    Command, Delta, HoldTerms, Item, ItemName, Outcome, OwnerId, Precondition, Qty, Rejection, TxOp,
 };
 use countiq::node::{Node, NodeConfig};
 use proptest::prelude::*;
@@ -129,7 +129,7 @@ type Model = BTreeMap<Uuid, M>;
 type Holds = BTreeMap<Uuid, (Uuid, i64)>;
 /// Holds live for an hour: none expires during a case (expiry has its own
 /// tests, with a clock the test controls or a deadline).
-const HOLD_TTL_MICROS: i64 = 3_600_000_000;
+const HOLD_TTL_SECS: i64 = 3_600;
 
 fn qty() -> impl Strategy<Value = i64> {
     prop_oneof![8 => 0i64..20, 1 => Just(QTY_MAX), 1 => Just(QTY_MAX - 1)]
@@ -516,8 +516,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                             },
                             TxM::Reserve(item, q) => TxOp::Reserve {
                                 item,
-                                qty: Qty::new(q).unwrap(),
-                                ttl: HOLD_TTL_MICROS,
+                                terms: HoldTerms::new(q, HOLD_TTL_SECS).unwrap(),
                             },
                             TxM::Commit(hold, r) => TxOp::Commit {
                                 hold,
@@ -556,8 +555,7 @@ async fn run_steps(h: &Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let id = pick(&model, &gone, never, item);
                 let cmd = Command::Reserve {
                     item: id,
-                    qty: Qty::new(*qty).unwrap(),
-                    ttl: HOLD_TTL_MICROS,
+                    terms: HoldTerms::new(*qty, HOLD_TTL_SECS).unwrap(),
                 };
                 let got = h.write(cmd).await;
                 let want = match model.get(&id) {

@@ -13,7 +13,7 @@
 use uuid::Uuid;
 
 use super::idempotency::IdemKey;
-use super::{Micros, Note, Qty};
+use super::{Micros, Note, Qty, ValueError};
 
 /// Open holds on one item.
 pub const HOLDS_PER_ITEM_MAX: usize = 100;
@@ -32,6 +32,63 @@ pub const HOLD_EXPIRE_PER_STEP: usize = 64;
 /// `REFERENCE_BYTES_MAX` = 208 bytes (shared by the event and every entry
 /// it made). So one item's history is at most 32 × (88 + 208) ≈ 9.3 KiB.
 pub const HISTORY_PER_ITEM_MAX: usize = 32;
+
+/// What a hold asks for: `qty` in 1..=QTY_MAX units for `ttl` in
+/// 1..=HOLD_TTL_SECS_MAX seconds. A `Reserve` command or op can only carry
+/// valid terms, so the domain never sees an empty or endless hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldTerms {
+    qty: Qty,
+    ttl: Micros,
+}
+
+/// Why hold terms are refused; [`HoldTermsError::field`] names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HoldTermsError {
+    #[error(transparent)]
+    Qty(ValueError),
+    #[error("a reservation holds at least 1")]
+    QtyZero,
+    #[error("must be 1 to {HOLD_TTL_SECS_MAX} seconds, got {0}")]
+    Ttl(i64),
+}
+
+impl HoldTermsError {
+    /// The request field the error is about: `qty` or `ttl`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            HoldTermsError::Qty(_) | HoldTermsError::QtyZero => "qty",
+            HoldTermsError::Ttl(_) => "ttl",
+        }
+    }
+}
+
+impl HoldTerms {
+    /// `qty` units for `ttl_secs` seconds, or the first bound it breaks
+    /// (qty before ttl).
+    pub fn new(qty: i64, ttl_secs: i64) -> Result<HoldTerms, HoldTermsError> {
+        let qty = Qty::new(qty).map_err(HoldTermsError::Qty)?;
+        if qty == Qty::ZERO {
+            return Err(HoldTermsError::QtyZero);
+        }
+        if !(1..=HOLD_TTL_SECS_MAX as i64).contains(&ttl_secs) {
+            return Err(HoldTermsError::Ttl(ttl_secs));
+        }
+        Ok(HoldTerms {
+            qty,
+            ttl: ttl_secs as Micros * 1_000_000,
+        })
+    }
+
+    pub fn qty(self) -> Qty {
+        self.qty
+    }
+
+    /// The time to live in µs (a whole number of seconds).
+    pub fn ttl(self) -> Micros {
+        self.ttl
+    }
+}
 
 /// A reservation of `qty` units of `item` until `expires_at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

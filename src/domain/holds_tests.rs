@@ -17,6 +17,49 @@ fn qty(n: i64) -> Qty {
     Qty::new(n).unwrap()
 }
 
+/// `q` units for `ttl` µs (whole seconds).
+fn terms(q: i64, ttl: Micros) -> HoldTerms {
+    assert_eq!(ttl % SEC, 0, "a hold's ttl is whole seconds");
+    HoldTerms::new(q, ttl / SEC).unwrap()
+}
+
+/// Goal: a hold's terms are bounded where they are made, so no command can
+/// carry an empty or endless hold, and each refusal names its field.
+/// Method: each bound's edge on both sides.
+#[test]
+fn hold_terms_are_bounded_and_name_the_field() {
+    let day = HOLD_TTL_SECS_MAX as i64;
+    let ok = HoldTerms::new(1, 1).unwrap();
+    assert_eq!((ok.qty().get(), ok.ttl()), (1, SEC));
+    let max = HoldTerms::new(QTY_MAX as i64, day).unwrap();
+    assert_eq!((max.qty().get(), max.ttl()), (QTY_MAX, day as Micros * SEC));
+    let refused = |q: i64, t: i64| HoldTerms::new(q, t).unwrap_err();
+    assert_eq!(refused(0, 1), HoldTermsError::QtyZero);
+    assert_eq!(
+        refused(-1, 1),
+        HoldTermsError::Qty(ValueError::QtyNegative(-1))
+    );
+    let over = QTY_MAX as i64 + 1;
+    assert_eq!(
+        refused(over, 1),
+        HoldTermsError::Qty(ValueError::QtyTooLarge(over))
+    );
+    assert_eq!(refused(1, 0), HoldTermsError::Ttl(0));
+    assert_eq!(refused(1, day + 1), HoldTermsError::Ttl(day + 1));
+    assert_eq!(
+        refused(0, 0),
+        HoldTermsError::QtyZero,
+        "qty is checked first"
+    );
+    assert_eq!(refused(0, 1).field(), "qty");
+    assert_eq!(refused(1, -5).field(), "ttl");
+    assert_eq!(refused(0, 1).to_string(), "a reservation holds at least 1");
+    assert_eq!(
+        refused(1, 0).to_string(),
+        format!("must be 1 to {HOLD_TTL_SECS_MAX} seconds, got 0")
+    );
+}
+
 /// Everything observable, sorted: items, holds, histories.
 fn observe(s: &OwnerState) -> (Vec<Item>, Vec<Hold>, OwnerExtra) {
     let mut items: Vec<Item> = s.items().cloned().collect();
@@ -79,8 +122,7 @@ impl Live {
     ) -> Result<Hold, Rejection> {
         let cmd = Command::Reserve {
             item,
-            qty: qty(q),
-            ttl,
+            terms: terms(q, ttl),
         };
         self.run(cmd, ctx(now, id)).map(|o| match o {
             Outcome::Reserved(hold, item) => {
@@ -471,13 +513,11 @@ fn transactions_reserve_commit_and_release_atomically() {
     let first = tx(vec![
         TxOp::Reserve {
             item: a,
-            qty: qty(2),
-            ttl: 30 * SEC,
+            terms: terms(2, 30 * SEC),
         },
         TxOp::Reserve {
             item: b,
-            qty: qty(3),
-            ttl: 60 * SEC,
+            terms: terms(3, 60 * SEC),
         },
         TxOp::adjust(a, Delta::new(1).unwrap()),
     ]);
@@ -539,8 +579,7 @@ fn holds_from_transactions_expire_like_single_holds() {
     let a = l.create(4, 1);
     let op = TxOp::Reserve {
         item: a,
-        qty: qty(4),
-        ttl: 5 * SEC,
+        terms: terms(4, 5 * SEC),
     };
     l.run(tx(vec![op]), ctx(SEC, 77)).unwrap();
     assert_eq!(l.s.get(&a).unwrap().available(), 0);
@@ -562,8 +601,7 @@ fn a_refused_op_refuses_the_whole_transaction_with_its_index() {
     let open = l.reserve(b, 1, 60 * SEC, SEC, 90).unwrap();
     let reserve = |item, q| TxOp::Reserve {
         item,
-        qty: qty(q),
-        ttl: SEC,
+        terms: terms(q, SEC),
     };
     let gone = Uuid::from_u128(12345);
     let cases: Vec<(Vec<TxOp>, Rejection)> = vec![
@@ -682,8 +720,7 @@ fn transactions_respect_the_hold_bounds() {
     }
     let reserve = TxOp::Reserve {
         item: a,
-        qty: qty(1),
-        ttl: SEC,
+        terms: terms(1, SEC),
     };
     let two = vec![reserve.clone(), reserve.clone()];
     assert_eq!(

@@ -79,9 +79,9 @@ pub enum TxOp {
         delta: Delta,
         note: Note,
     },
-    /// Hold `qty` (≥ 1) units of `item` for `ttl` µs, as `Command::Reserve`
-    /// does; the n-th reserve op's hold id is `tx_hold_id(Ctx::new_id, n)`.
-    Reserve { item: Uuid, qty: Qty, ttl: Micros },
+    /// Hold units of `item` on `terms`, as `Command::Reserve` does; the
+    /// n-th reserve op's hold id is `tx_hold_id(Ctx::new_id, n)`.
+    Reserve { item: Uuid, terms: HoldTerms },
     /// Commit an open hold, as `Command::CommitHold` does.
     Commit { hold: Uuid, note: Note },
     /// Release an open hold. Unlike `Command::ReleaseHold`, a hold that is
@@ -147,12 +147,11 @@ pub enum Command {
     Transact {
         ops: Vec<TxOp>,
     },
-    /// Hold `qty` (≥ 1) units of `item` for `ttl` µs; the hold's id is
-    /// `Ctx::new_id`.
+    /// Hold units of `item` on `terms` (qty ≥ 1, a bounded ttl); the
+    /// hold's id is `Ctx::new_id`.
     Reserve {
         item: Uuid,
-        qty: Qty,
-        ttl: Micros,
+        terms: HoldTerms,
     },
     /// Turn a hold into a decrease: qty and reserved both fall by its qty.
     CommitHold {
@@ -408,9 +407,7 @@ impl OwnerState {
                 .contains_key(id)
                 .then_some(Event::Deleted { id: *id })),
             Command::Transact { ops } => self.decide_transact(ops, ctx).map(Some),
-            Command::Reserve { item, qty, ttl } => {
-                self.decide_reserve(*item, *qty, *ttl, ctx).map(Some)
-            }
+            Command::Reserve { item, terms } => self.decide_reserve(*item, *terms, ctx).map(Some),
             Command::CommitHold { hold, note } => self.decide_commit(*hold, note, ctx).map(Some),
             Command::ReleaseHold { hold } => {
                 Ok(self.holds.get(hold).map(|h| Event::HoldReleased {
@@ -423,13 +420,8 @@ impl OwnerState {
         }
     }
 
-    fn decide_reserve(
-        &self,
-        id: Uuid,
-        qty: Qty,
-        ttl: Micros,
-        ctx: Ctx,
-    ) -> Result<Event, Rejection> {
+    fn decide_reserve(&self, id: Uuid, terms: HoldTerms, ctx: Ctx) -> Result<Event, Rejection> {
+        let (qty, ttl) = (terms.qty(), terms.ttl());
         let item = self.existing(id, None)?;
         if qty.get() > item.available() {
             return Err(Rejection::InsufficientAvailable {
@@ -695,7 +687,8 @@ impl OwnerState {
                     }
                     w.change.qty = next;
                 }
-                TxOp::Reserve { qty, ttl, .. } => {
+                TxOp::Reserve { terms, .. } => {
+                    let qty = terms.qty();
                     if qty.get() > available {
                         return Err(Rejection::InsufficientAvailable {
                             available,
@@ -716,9 +709,9 @@ impl OwnerState {
                     placed.push(Hold {
                         id,
                         item,
-                        qty: *qty,
+                        qty,
                         created_at: ctx.now,
-                        expires_at: ctx.now.saturating_add(*ttl),
+                        expires_at: ctx.now.saturating_add(terms.ttl()),
                     });
                 }
                 TxOp::Commit { hold, .. } | TxOp::Release { hold } => {

@@ -15,7 +15,7 @@ use super::{cursor, openapi, routes, ApiError, AppState};
 use crate::actor::{Page, Written};
 use crate::domain::idempotency::{Fingerprint, IdemKey};
 use crate::domain::{
-    Command, Delta, ItemName, Note, OwnerId, Qty, Reason, Reference, TxOp, TX_OPS_MAX,
+    Command, Delta, HoldTerms, ItemName, Note, OwnerId, Qty, Reason, Reference, TxOp, TX_OPS_MAX,
 };
 
 #[utoipa::path(
@@ -288,12 +288,11 @@ fn tx_op(i: usize, op: &TxOpBody) -> Result<TxOp, ApiError> {
             note: note(&format!("ops[{i}]."), &op.reason, &op.reference)?,
         },
         TxOpBody::Reserve { reserve: Obj(r) } => {
-            let (qty, ttl) = super::reservations::hold_terms(r.qty, r.ttl)
-                .map_err(|(field, e)| bad(&format!("reserve.{field}"), e))?;
+            let terms = HoldTerms::new(r.qty, r.ttl)
+                .map_err(|e| bad(&format!("reserve.{}", e.field()), e.to_string()))?;
             TxOp::Reserve {
                 item: r.item,
-                qty,
-                ttl,
+                terms,
             }
         }
         TxOpBody::Commit { commit: Obj(c) } => TxOp::Commit {

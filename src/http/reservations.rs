@@ -15,7 +15,7 @@ use super::items::{bad_param, note, write};
 use super::json::{set_lsn, HistoryJson};
 use super::{openapi, routes, ApiError, AppState};
 use crate::actor::HistoryPage;
-use crate::domain::{Command, Micros, Qty, HOLD_TTL_SECS_MAX};
+use crate::domain::{Command, HoldTerms};
 
 #[utoipa::path(
     post,
@@ -47,26 +47,9 @@ pub(super) async fn reserve(
         Some(id),
         Some(&body),
     )?;
-    let (qty, ttl) = hold_terms(body.qty, body.ttl)
-        .map_err(|(field, e)| ApiError::InvalidBody(format!("{field}: {e}")))?;
-    write(&s, &owner, Command::Reserve { item: id, qty, ttl }, key).await
-}
-
-/// A hold's `qty` (1..=QTY_MAX) and `ttl` (1..=HOLD_TTL_SECS_MAX seconds,
-/// as µs), or the field and why not. Shared by the reservation route and
-/// the transaction's reserve op.
-pub(super) fn hold_terms(qty: i64, ttl: i64) -> Result<(Qty, Micros), (&'static str, String)> {
-    let qty = Qty::new(qty).map_err(|e| ("qty", e.to_string()))?;
-    if qty == Qty::ZERO {
-        return Err(("qty", "a reservation holds at least 1".into()));
-    }
-    if !(1..=HOLD_TTL_SECS_MAX as i64).contains(&ttl) {
-        return Err((
-            "ttl",
-            format!("must be 1 to {HOLD_TTL_SECS_MAX} seconds, got {ttl}"),
-        ));
-    }
-    Ok((qty, ttl as Micros * 1_000_000))
+    let terms = HoldTerms::new(body.qty, body.ttl)
+        .map_err(|e| ApiError::InvalidBody(format!("{}: {e}", e.field())))?;
+    write(&s, &owner, Command::Reserve { item: id, terms }, key).await
 }
 
 #[utoipa::path(
