@@ -7,7 +7,7 @@
 #   2. PostgreSQL pgbench hot-row guarded UPDATE, synchronous_commit on|off;
 #   3. Redis     Lua-guarded delta (EVALSHA), appendfsync always|everysec;
 #   4. axum      the stateless HTTP ceiling, driven by wrk;
-#   5. interleaved: CountIQ always and never, Redis always and axum (and,
+#   5. interleaved: CountIQ always and never, Redis always and no, axum (and,
 #                with BASELINE_REV, that revision's CountIQ always and never)
 #                started together and run round-robin, per round and per
 #                connection count, ROUNDS times, for drift-free ratios; with
@@ -348,7 +348,7 @@ stage_axum() {
 # This box's speed drifts by ±15% within minutes (a shared host), so stages
 # run minutes apart can skew a ratio. This stage starts the rivals of the
 # issue 19 goals at once (CountIQ fsync=always and fsync=never, Redis
-# appendfsync=always, the axum ceiling, and with BASELINE_REV that
+# appendfsync=always and =no, the axum ceiling, and with BASELINE_REV that
 # revision's CountIQ always and never) and runs them round-robin: per round,
 # per connection count of CONNS_LIST, one run each (CountIQ and axum with
 # wrk, Redis with redis-benchmark), ROUNDS times (5). Every run is one line
@@ -472,7 +472,7 @@ il_countiq() {
 }
 
 stage_interleaved() {
-  local rounds="${ROUNDS:-5}" bin rport rpid sha aport apid aurl atoken r
+  local rounds="${ROUNDS:-5}" bin sha aport apid aurl atoken r
   build_countiq_axum
   bin="$CARGO_TARGET_DIR/release/countiq"
   if [[ -n "$BASELINE_REV" ]]; then build_baseline; fi
@@ -501,17 +501,25 @@ stage_interleaved() {
     systems+=(baseline-always baseline-never)
   fi
 
-  rport="$(free_port)"
-  rm -rf "$WORK/redis-il"; mkdir -p "$WORK/redis-il"
-  printf '%s\n' "bind 127.0.0.1" "port $rport" "daemonize no" "dir $WORK/redis-il" 'save ""' \
-    "appendonly yes" "appendfsync always" "auto-aof-rewrite-percentage 0" "logfile $WORK/redis-il/redis.log" \
-    >"$WORK/redis-il/redis.conf"
-  redis-server "$WORK/redis-il/redis.conf" &
-  rpid=$!; STARTED_PIDS+=("$rpid")
-  wait_port "$rport"
-  redis-cli -h 127.0.0.1 -p "$rport" SET item:hot "$START_QTY" >/dev/null
-  sha="$(redis-cli -h 127.0.0.1 -p "$rport" SCRIPT LOAD "$REDIS_LUA")"
-  declare -A rn   # CONNS -> redis-benchmark -n
+  # Redis with appendfsync always (the goals' peer) and no (its round trip
+  # without a sync: what a sync adds to Redis, and how much lighter RESP is
+  # than HTTP at one connection). name -> "port pid sha"; CONNS -> -n.
+  declare -A rsrv rn
+  local rs rport rpid
+  for rs in always no; do
+    rport="$(free_port)"
+    rm -rf "$WORK/redis-il-$rs"; mkdir -p "$WORK/redis-il-$rs"
+    printf '%s\n' "bind 127.0.0.1" "port $rport" "daemonize no" "dir $WORK/redis-il-$rs" 'save ""' \
+      "appendonly yes" "appendfsync $rs" "auto-aof-rewrite-percentage 0" "logfile $WORK/redis-il-$rs/redis.log" \
+      >"$WORK/redis-il-$rs/redis.conf"
+    redis-server "$WORK/redis-il-$rs/redis.conf" &
+    rpid=$!; STARTED_PIDS+=("$rpid")
+    wait_port "$rport"
+    redis-cli -h 127.0.0.1 -p "$rport" SET item:hot "$START_QTY" >/dev/null
+    sha="$(redis-cli -h 127.0.0.1 -p "$rport" SCRIPT LOAD "$REDIS_LUA")"
+    rsrv[redis-$rs]="$rport $rpid $sha"
+  done
+  read -r rport _ sha <<<"${rsrv[redis-always]}"
   for CONNS in $CONNS_LIST; do rn[$CONNS]="$(redis_calibrate "$rport" "$sha")"; done
 
   aport="$(free_port)"
@@ -529,12 +537,15 @@ stage_interleaved() {
         read -r port item pid <<<"${srv[$s]}"
         il_wrk "$r" "$s" "$IL_TOKEN" "http://127.0.0.1:$port/items/$item/qty" "$pid"
       done
-      before="$(pid_cpu "$rpid")"
-      read -r st idle x p5 p9 <<<"$(with_steal redis_once "$rport" "${rn[$CONNS]}" "$sha")"
-      after="$(pid_cpu "$rpid")"
-      # shellcheck disable=SC2046
-      il_add "$r" redis-always "${x:-NA}" "${p5:-NA}" "${p9:-NA}" "" "$st" \
-        $(cpu_per_request "$before" "$after" "${rn[$CONNS]}")
+      for rs in redis-always redis-no; do
+        read -r rport rpid sha <<<"${rsrv[$rs]}"
+        before="$(pid_cpu "$rpid")"
+        read -r st idle x p5 p9 <<<"$(with_steal redis_once "$rport" "${rn[$CONNS]}" "$sha")"
+        after="$(pid_cpu "$rpid")"
+        # shellcheck disable=SC2046
+        il_add "$r" "$rs" "${x:-NA}" "${p5:-NA}" "${p9:-NA}" "" "$st" \
+          $(cpu_per_request "$before" "$after" "${rn[$CONNS]}")
+      done
       il_wrk "$r" axum "$atoken" "$aurl" "$apid"
       log "interleaved round $r c=$CONNS: req/s $(awk -F'\t' -v r="$r" -v c="$CONNS" \
         '$1 == r && $2 == c { printf "%s %s; ", $3, $4 }' "$IL_TSV")"
@@ -544,7 +555,7 @@ stage_interleaved() {
 
   local label runs tool durable note
   for CONNS in $CONNS_LIST; do
-    for s in "${systems[@]}" redis-always axum; do
+    for s in "${systems[@]}" redis-always redis-no axum; do
       case "$s" in
         countiq-always) label="CountIQ fsync=always"; durable=yes ;;
         countiq-never) label="CountIQ fsync=never"; durable=no ;;
@@ -552,15 +563,16 @@ stage_interleaved() {
         baseline-always) label="CountIQ $BASELINE_REV fsync=always"; durable=yes ;;
         baseline-never) label="CountIQ $BASELINE_REV fsync=never"; durable=no ;;
         redis-always) label="Redis appendfsync=always"; durable=yes ;;
+        redis-no) label="Redis appendfsync=no"; durable=no ;;
         axum) label="axum ceiling"; durable=n/a ;;
       esac
-      tool="wrk -t$(tool_threads)"; [[ "$s" == redis-always ]] && tool="redis-benchmark -P1"
+      tool="wrk -t$(tool_threads)"; [[ "$s" == redis-* ]] && tool="redis-benchmark -P1"
       runs="$(il_col "$CONNS" "$s" 4)"
       note="server CPU µs/request user+sys $(paste -d+ <(il_col "$CONNS" "$s" 9 | tr ' ' '\n') \
         <(il_col "$CONNS" "$s" 10 | tr ' ' '\n') | paste -sd' '); host steal % $(il_col "$CONNS" "$s" 8)"
       case "$s" in
         countiq-*|baseline-*|axum) note="non2xx+sockerr $(il_col "$CONNS" "$s" 7); $note" ;;
-        redis-always) note="n=${rn[$CONNS]}; $note" ;;
+        redis-*) note="n=${rn[$CONNS]}; $note" ;;
       esac
       if [[ "$s" == countiq-always || "$s" == countiq-ram || "$s" == baseline-always ]]; then
         x="$(il_ratio "$CONNS" "$s" redis-always)"
@@ -644,6 +656,28 @@ p50_over_probe() {
   }'
 }
 
+# il_p50_expr CONNS EXPR : per round, EXPR (awk, over the variables ca cn
+# ra rn ax: the p50s in µs of CountIQ always and never, Redis always and
+# no, and the axum ceiling in that round), "%.1f" for a difference and
+# "%.3f" for a ratio (EXPR's form decides: FMT env, default %.3f); NA for a
+# round where one is missing.
+il_p50_expr() {
+  [[ -f "$IL_TSV" ]] || return 0
+  awk -F'\t' -v c="$1" -v fmt="${FMT:-%.3f}" '
+    $2 == c { v[$1, $3] = $5; if ($1 > n) n = $1 }
+    function us(r, s) { return (v[r, s] ~ /^[0-9.]+$/) ? v[r, s] * 1000 : "" }
+    END {
+      for (r = 1; r <= n; r++) {
+        ca = us(r, "countiq-always"); cn = us(r, "countiq-never")
+        ra = us(r, "redis-always"); rn = us(r, "redis-no"); ax = us(r, "axum")
+        ok = 1
+        '"$2"'
+        printf "%s%s", (r > 1 ? " " : ""), ok ? sprintf(fmt, x) : "NA"
+      }
+      print ""
+    }' "$IL_TSV"
+}
+
 # in_list N : whether CONNS_LIST has N.
 in_list() { [[ " $CONNS_LIST " == *" $1 "* ]]; }
 
@@ -664,6 +698,16 @@ render_goals() {
     ref_line "1 connection: Redis always p50 ÷ fsync-probe p50" "$(p50_over_probe 1 redis-always)"
     ref_line "1 connection, bound: (axum ceiling p50 + fsync-probe p50) ÷ fsync-probe p50" "$(p50_over_probe 1 axum plus)"
     ref_line "1 connection, bound: CountIQ, log on tmpfs ÷ Redis always (req/s)" "$(il_ratio 1 countiq-ram redis-always)"
+    # Where the one-connection gap is: what the sync adds to each server's
+    # p50, and the round trip without one (RESP against bare HTTP).
+    ref_line "1 connection: what a sync adds to p50, CountIQ always − never (µs)" \
+      "$(FMT=%.1f il_p50_expr 1 'if (ca == "" || cn == "") ok = 0; else x = ca - cn')"
+    ref_line "1 connection: what a sync adds to p50, Redis always − no (µs)" \
+      "$(FMT=%.1f il_p50_expr 1 'if (ra == "" || rn == "") ok = 0; else x = ra - rn')"
+    ref_line "1 connection: round trip without a sync, Redis no p50 ÷ axum ceiling p50" \
+      "$(il_p50_expr 1 'if (rn == "" || ax == "" || ax == 0) ok = 0; else x = rn / ax')"
+    ref_line "1 connection, bound: Redis always p50 ÷ (axum ceiling p50 + what a sync adds to Redis)" \
+      "$(il_p50_expr 1 'if (ra == "" || rn == "" || ax == "" || ax + ra - rn <= 0) ok = 0; else x = ra / (ax + ra - rn)')"
   else
     echo "| 1 connection goals | | | | not measured: 1 is not in CONNS_LIST |"
   fi
