@@ -141,7 +141,7 @@ impl Publish {
 /// `dir`, in LSN order, until `visit` returns `false`. Blocking (file
 /// reads). `upto` must be durable. Records of other owners and records that
 /// carry only an idempotency key are skipped.
-pub fn replay(
+fn replay(
     dir: &Path,
     owner: &OwnerId,
     after: u64,
@@ -158,7 +158,7 @@ pub fn replay(
 }
 
 /// The first LSN the log still holds (for a `reset`).
-pub fn oldest_lsn(dir: &Path) -> Result<Option<u64>, crate::storage::Error> {
+fn oldest_lsn(dir: &Path) -> Result<Option<u64>, crate::storage::Error> {
     reader::oldest_lsn(dir)
 }
 
@@ -248,7 +248,9 @@ impl Follower {
                                 oldest_lsn,
                             });
                         }
-                        Some(after) if after < start => self.state = self.replay(after, start),
+                        Some(after) if after < start => {
+                            self.state = self.start_replay(after, start)
+                        }
                         // Between the owner's last LSN and the node's:
                         // nothing of this owner to replay; skip up to it.
                         Some(after) => self.sent = after,
@@ -297,7 +299,7 @@ impl Follower {
 
     /// Start reading `(after, upto]` from the log on a blocking thread;
     /// live resumes after `upto` (`sent` is already the start LSN).
-    fn replay(&self, after: u64, upto: u64) -> Step {
+    fn start_replay(&self, after: u64, upto: u64) -> Step {
         let (tx, rx) = mpsc::channel(REPLAY_BUFFER_EVENTS);
         let (dir, owner) = (self.log_dir.clone(), self.owner.clone());
         let reader = tokio::task::spawn_blocking(move || {
